@@ -1,0 +1,42 @@
+"""flowtrail: trace workflow runs (every log line and span of a workflow, its jobs and
+its stages) to the terminal, files, SQLite and log services, and read them back."""
+
+from flowtrail.config import ConfigError, Settings
+from flowtrail.handlers import (
+    BaseHandler,
+    ConsoleHandler,
+    FileHandler,
+    MemoryHandler,
+    SQLiteHandler,
+    make_handler,
+)
+from flowtrail.pipeline import flush_all
+from flowtrail.records import LEVELS, Message, Metadata, RunSummary, TraceData
+from flowtrail.stdlib import FlowtrailLogHandler
+from flowtrail.testing import capture_traces
+from flowtrail.trace import Trace, active_trace, get_trace, shutdown
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LEVELS",
+    "BaseHandler",
+    "ConfigError",
+    "ConsoleHandler",
+    "FileHandler",
+    "FlowtrailLogHandler",
+    "MemoryHandler",
+    "Message",
+    "Metadata",
+    "RunSummary",
+    "SQLiteHandler",
+    "Settings",
+    "Trace",
+    "TraceData",
+    "active_trace",
+    "capture_traces",
+    "flush_all",
+    "get_trace",
+    "make_handler",
+    "shutdown",
+]

@@ -1,0 +1,295 @@
+"""Settings and handler configuration.
+
+Each setting is looked up in this order, first found wins:
+
+1. keyword arguments to `get_trace` (and ``handlers=``),
+2. ``extras`` given to `get_trace`/`Trace`,
+3. environment variables ``FLOWTRAIL_<KEY>`` (``FLOWTRAIL_TRACE_HANDLERS`` is JSON),
+4. ``flowtrail.toml`` (top-level keys) or ``[tool.flowtrail]`` in ``pyproject.toml``, the
+   nearest one from the working directory upwards (or the file named by
+   ``FLOWTRAIL_CONFIG``),
+5. the defaults below.
+
+A wrong key or value raises `ConfigError` naming the key, the value, where it came from
+and what is accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX: Final = "FLOWTRAIL_"
+
+DEFAULT_LOG_FORMAT: Final = "{datetime} [{level:<9}] ({cut_id}) {message} ({filename}:{lineno})"
+DEFAULT_LOG_FORMAT_FILE: Final = (
+    "{datetime} ({process:5d}, {thread:5d}) ({cut_id}) {message:120s} ({filename}:{lineno})"
+)
+DEFAULT_DATETIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong. The message names the key, the bad value,
+    where it came from and what is accepted."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Resolved settings of one trace. See the module docstring for their sources."""
+
+    #: Handlers: objects or dicts with ``type``; None means console + SQLite under log_dir.
+    trace_handlers: tuple[Any, ...] | None = None
+    #: Console line format (``{field:spec}`` over `Metadata` fields).
+    log_format: str = DEFAULT_LOG_FORMAT
+    #: Line format of ``stdout.txt``/``stderr.txt`` in the file store.
+    log_format_file: str = DEFAULT_LOG_FORMAT_FILE
+    #: strftime format of ``{datetime}`` in text lines.
+    log_datetime_format: str = DEFAULT_DATETIME_FORMAT
+    #: Time zone of record time stamps: ``UTC`` or an IANA name.
+    log_tz: str = "UTC"
+    #: Put the prefix's emoji before ``[WORKFLOW]: ...`` messages in text lines.
+    log_add_emoji: bool = True
+    #: Which frame is the caller: 1 is the code that called ``trace.info()``; raise it by
+    #: one for each wrapper function between your code and the trace method.
+    logs_trace_frame_layer: int = 1
+    #: Records below this level are not recorded.
+    log_level: Literal["debug", "info", "warning", "error", "exception"] = "debug"
+    #: Base directory of the default SQLite store and of spools.
+    log_dir: str = "./logs"
+    #: Raise handler failures into the caller (for tests) instead of reporting them.
+    strict: bool = False
+    #: Seconds that flushing at interpreter exit may take before the rest is spooled.
+    exit_timeout: float = 10.0
+
+
+SETTING_KEYS: Final[tuple[str, ...]] = Settings.__struct_fields__
+_ACCEPTED: Final[dict[str, str]] = {
+    "trace_handlers": "a list of handler objects or dicts with a 'type' key",
+    "log_format": "a str.format string over record fields, e.g. '{datetime} {message}'",
+    "log_format_file": "a str.format string over record fields, e.g. '{datetime} {message}'",
+    "log_datetime_format": "a strftime format such as '%Y-%m-%d %H:%M:%S'",
+    "log_tz": "'UTC' or an IANA time zone name such as 'Europe/Paris'",
+    "log_add_emoji": "true or false",
+    "logs_trace_frame_layer": "an integer >= 1",
+    "log_level": "one of debug, info, warning, error, exception",
+    "log_dir": "a directory path",
+    "strict": "true or false",
+    "exit_timeout": "a number of seconds >= 0",
+}
+
+
+def describe_validation_error(
+    exc: msgspec.ValidationError, data: Mapping[str, Any], accepted: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """Turn a msgspec error (``... - at `$.key` ``) into (key, 'what is accepted')."""
+    text = str(exc)
+    key = None
+    if "at `$." in text:
+        key = text.split("at `$.", 1)[1].split("`", 1)[0].split("[", 1)[0].split(".", 1)[0]
+    elif text.startswith("Object contains unknown field"):
+        key = text.split("`", 2)[1]
+    reason = text.split(" - at ", 1)[0]
+    if key is not None and key in accepted:
+        reason = f"expected {accepted[key]} ({reason})"
+    return key, reason
+
+
+def unknown_key_error(key: str, where: str, known: tuple[str, ...] | list[str]) -> ConfigError:
+    """The error for a key that is not a setting, with the closest known key."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(
+        f"flowtrail config: unknown key {key!r} in {where}{hint} Known keys: {', '.join(known)}."
+    )
+
+
+def _parse_env_value(key: str, raw: str) -> Any:
+    if key == "trace_handlers":
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise ConfigError(
+                f"flowtrail config: {ENV_PREFIX}TRACE_HANDLERS={raw!r} (from the environment) "
+                "is not valid JSON; expected a JSON list such as "
+                '\'[{"type": "console"}, {"type": "sqlite", "path": "./logs/flowtrail.db"}]\''
+            ) from None
+    return raw
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings given as ``FLOWTRAIL_*`` environment variables."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in SETTING_KEYS:
+            raise unknown_key_error(key, f"the environment variable {name}", SETTING_KEYS)
+        found[key] = _parse_env_value(key, raw)
+    return found
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """``FLOWTRAIL_CONFIG``, else the nearest ``flowtrail.toml`` or ``pyproject.toml``
+    with a ``[tool.flowtrail]`` table, from ``start`` (the working directory) upwards."""
+    named = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if named:
+        return Path(named)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "flowtrail.toml"
+        if candidate.is_file():
+            return candidate
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                if "tool" in (data := _load_toml(pyproject)) and "flowtrail" in data["tool"]:
+                    return pyproject
+            except ConfigError:
+                pass
+    return None
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"flowtrail config: cannot read {path}: {exc}") from None
+
+
+_file_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+
+def read_config_file(start: Path | None = None) -> tuple[dict[str, Any], str | None]:
+    """The settings of the nearest config file, and its path (cached per directory and
+    file modification time)."""
+    cwd = str(start or Path.cwd())
+    named = os.environ.get(f"{ENV_PREFIX}CONFIG", "")
+    cache_key = (cwd, named)
+    cached = _file_cache.get(cache_key)
+    path = find_config_file(start) if cached is None else Path(cached[1].get("__path__", ""))
+    if path is None or not str(path) or not path.is_file():
+        if named:
+            raise ConfigError(f"flowtrail config: FLOWTRAIL_CONFIG={named!r} is not a file")
+        _file_cache[cache_key] = (0.0, {})
+        return {}, None
+    mtime = path.stat().st_mtime
+    if cached is not None and cached[0] == mtime and cached[1]:
+        data = dict(cached[1])
+    else:
+        raw = _load_toml(path)
+        table = raw.get("tool", {}).get("flowtrail", {}) if path.name == "pyproject.toml" else raw
+        if path.name != "pyproject.toml" and "flowtrail" in raw and len(raw) == 1:
+            table = raw["flowtrail"]
+        data = {"__path__": str(path), **table}
+        _file_cache[cache_key] = (mtime, dict(data))
+    data.pop("__path__", None)
+    for key in data:
+        if key not in SETTING_KEYS:
+            raise unknown_key_error(key, str(path), SETTING_KEYS)
+    return data, str(path)
+
+
+def validate_settings(layers: list[tuple[str, Mapping[str, Any]]]) -> Settings:
+    """Merge ``(source, values)`` layers (first wins) into `Settings`, or raise a
+    `ConfigError` that names the key, the value, its source and what is accepted."""
+    merged: dict[str, Any] = {}
+    source_of: dict[str, str] = {}
+    for source, values in reversed(layers):
+        for key, value in values.items():
+            merged[key] = value
+            source_of[key] = source
+    if merged.get("trace_handlers") is not None:
+        handlers = merged["trace_handlers"]
+        if isinstance(handlers, (str, bytes, Mapping)) or not hasattr(handlers, "__iter__"):
+            raise ConfigError(
+                f"flowtrail config: 'trace_handlers' = {handlers!r} "
+                f"(from {source_of['trace_handlers']}) is not valid: expected "
+                f"{_ACCEPTED['trace_handlers']}"
+            )
+        merged["trace_handlers"] = tuple(handlers)
+    try:
+        settings = msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        key, reason = describe_validation_error(exc, merged, _ACCEPTED)
+        if key is None:
+            raise ConfigError(f"flowtrail config: {reason}") from None
+        raise ConfigError(
+            f"flowtrail config: {key!r} = {merged.get(key)!r} (from {source_of.get(key, '?')})"
+            f" is not valid: {reason}"
+        ) from None
+    _check_values(settings, source_of)
+    return settings
+
+
+def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
+    from flowtrail.context import clock_for
+    from flowtrail.formats.line import LineFormatError, compile_line_format
+
+    def fail(key: str, why: str) -> ConfigError:
+        return ConfigError(
+            f"flowtrail config: {key!r} = {getattr(settings, key)!r} "
+            f"(from {source_of.get(key, 'defaults')}) is not valid: {why}; "
+            f"expected {_ACCEPTED[key]}"
+        )
+
+    try:
+        clock_for(settings.log_tz)
+    except Exception:
+        raise fail("log_tz", "unknown time zone") from None
+    for key in ("log_format", "log_format_file"):
+        try:
+            compile_line_format(getattr(settings, key), settings.log_datetime_format)
+        except LineFormatError as exc:
+            raise fail(key, str(exc)) from None
+    if settings.logs_trace_frame_layer < 1:
+        raise fail("logs_trace_frame_layer", "must be at least 1")
+    if settings.exit_timeout < 0:
+        raise fail("exit_timeout", "must not be negative")
+
+
+def check_extras_key(key: str) -> None:
+    """Extras may hold anything, but a near-miss of a setting name is almost surely a
+    typo: refuse it rather than silently ignore it."""
+    close = difflib.get_close_matches(key, SETTING_KEYS, n=1, cutoff=0.88)
+    if close and close[0] != key:
+        raise ConfigError(
+            f"flowtrail config: extras key {key!r} is not a setting; did you mean {close[0]!r}?"
+        )
+
+
+def resolve_settings(
+    arguments: Mapping[str, Any] | None = None, extras: Mapping[str, Any] | None = None
+) -> Settings:
+    """Resolve settings from arguments, extras, environment, config file and defaults."""
+    arguments = dict(arguments or {})
+    for key in arguments:
+        if key not in SETTING_KEYS:
+            raise unknown_key_error(key, "the arguments", SETTING_KEYS)
+    from_extras: dict[str, Any] = {}
+    for key, value in (extras or {}).items():
+        if key in SETTING_KEYS:
+            from_extras[key] = value
+        else:
+            check_extras_key(key)
+    file_values, file_path = read_config_file()
+    return validate_settings(
+        [
+            ("the arguments", arguments),
+            ("extras", from_extras),
+            ("the environment", read_env()),
+            (file_path or "the config file", file_values),
+        ]
+    )

@@ -1,0 +1,107 @@
+"""Text lines: compile a ``{field:spec}`` format into one fast function from a record to a
+line, used by the console and by ``stdout.txt``/``stderr.txt`` of the file store."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import string
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from flowtrail.records import METADATA_FIELDS, Metadata, render_message
+
+_OPTIONAL = {
+    name
+    for name, ftype in zip(
+        Metadata.__struct_fields__, Metadata.__annotations__.values(), strict=True
+    )
+    if "None" in str(ftype)
+}
+_CONVERSIONS = {None, "r", "s", "a"}
+
+
+class LineFormatError(ValueError):
+    """A line format names an unknown field or uses an unsupported construct."""
+
+
+class _DatetimeText:
+    """Renders the ISO ``datetime`` string of a record with a strftime format, caching
+    one text per second (and zone offset) unless the format shows sub-seconds."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.per_second = "%f" not in fmt
+        self.cache: dict[str, str] = {}
+
+    def __call__(self, iso: str) -> str:
+        if not self.per_second:
+            return _dt.datetime.fromisoformat(iso).strftime(self.fmt)
+        key = iso[:19] + iso[26:]
+        text = self.cache.get(key)
+        if text is None:
+            if len(self.cache) > 4096:
+                self.cache.clear()
+            try:
+                text = _dt.datetime.fromisoformat(iso).strftime(self.fmt)
+            except ValueError:
+                text = iso
+            self.cache[key] = text
+        return text
+
+
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+@lru_cache(maxsize=256)
+def compile_line_format(
+    fmt: str, datetime_format: str = "%Y-%m-%d %H:%M:%S", add_emoji: bool = False
+) -> Callable[[Metadata], str]:
+    """Compile ``fmt`` (``str.format`` syntax over `Metadata` field names) into a
+    function of one record. ``{datetime}`` uses ``datetime_format`` unless the field has
+    its own strftime spec (``{datetime:%H:%M:%S}``). Optional fields that are unset
+    render as empty text. Raises `LineFormatError` naming the bad field."""
+    try:
+        parts = list(string.Formatter().parse(fmt))
+    except ValueError as exc:
+        raise LineFormatError(f"{fmt!r} is not a valid format: {exc}") from None
+    env: dict[str, Any] = {"_msg": render_message, "_o": _blank_none, "_emoji": add_emoji}
+    pieces: list[str] = []
+    for index, (literal, field, spec, conversion) in enumerate(parts):
+        if literal:
+            env[f"_L{index}"] = literal
+            pieces.append(f"{{_L{index}}}")
+        if field is None:
+            continue
+        if field not in METADATA_FIELDS:
+            raise LineFormatError(
+                f"{fmt!r} names the unknown field {{{field}}}; "
+                f"fields are: {', '.join(METADATA_FIELDS)}"
+            )
+        if conversion not in _CONVERSIONS or (spec and "{" in spec):
+            raise LineFormatError(f"{fmt!r}: nested or unknown conversion in {{{field}}}")
+        if field == "datetime":
+            env[f"_D{index}"] = _DatetimeText(spec or datetime_format)
+            expr, spec = f"_D{index}(r.datetime)", ""
+        elif field == "message":
+            expr = "_msg(r.message, _emoji)"
+        elif field in _OPTIONAL:
+            expr = f"_o(r.{field})"
+        else:
+            expr = f"r.{field}"
+        conv = f"!{conversion}" if conversion else ""
+        if spec:
+            env[f"_S{index}"] = spec
+            pieces.append(f"{{{expr}{conv}:{{_S{index}}}}}")
+        else:
+            pieces.append(f"{{{expr}{conv}}}")
+    # Only validated field names and generated identifiers reach the source text.
+    source = 'def line(r):\n    return f"' + "".join(pieces) + '"\n'
+    exec(compile(source, "<flowtrail line format>", "exec"), env)
+    func: Callable[[Metadata], str] = env["line"]
+    try:
+        func(Metadata(run_id="x", datetime="2026-01-01T00:00:00.000000+00:00"))
+    except (ValueError, TypeError) as exc:
+        raise LineFormatError(f"{fmt!r} cannot format a record: {exc}") from None
+    return func

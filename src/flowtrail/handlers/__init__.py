@@ -1,0 +1,68 @@
+"""Handlers: where records go. `make_handler` builds one from a dict with ``type``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from flowtrail.config import ConfigError
+from flowtrail.handlers.base import BaseHandler, check_run_id
+from flowtrail.handlers.console import ConsoleHandler
+from flowtrail.handlers.file import FileHandler
+from flowtrail.handlers.memory import MemoryHandler
+from flowtrail.handlers.sqlite import SQLiteHandler
+
+#: ``type`` names and the handler classes (``module:Class`` for lazily imported ones).
+HANDLER_TYPES: dict[str, Any] = {
+    "console": ConsoleHandler,
+    "file": FileHandler,
+    "sqlite": SQLiteHandler,
+    "memory": MemoryHandler,
+}
+
+
+def handler_class(name: str) -> type[BaseHandler]:
+    """The handler class of a ``type`` name, or `ConfigError` listing the types."""
+    target = HANDLER_TYPES.get(str(name).lower())
+    if target is None:
+        raise ConfigError(
+            f"flowtrail config: handler type {name!r} is not known; "
+            f"use one of: {', '.join(sorted(HANDLER_TYPES))}"
+        )
+    if isinstance(target, str):
+        module, _, cls = target.partition(":")
+        target = getattr(importlib.import_module(module), cls)
+    return target
+
+
+def make_handler(spec: BaseHandler | Mapping[str, Any]) -> BaseHandler:
+    """A handler from a handler object (returned as is) or a dict with ``type``."""
+    if isinstance(spec, BaseHandler):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"flowtrail config: a handler must be a handler object or a dict with 'type', "
+            f"got {type(spec).__name__}"
+        )
+    if "type" not in spec:
+        raise ConfigError(
+            f"flowtrail config: handler {dict(spec)!r} has no 'type'; "
+            f"use one of: {', '.join(sorted(HANDLER_TYPES))}"
+        )
+    options = dict(spec)
+    cls = handler_class(options.pop("type"))
+    return cls(**options)
+
+
+__all__ = [
+    "BaseHandler",
+    "ConsoleHandler",
+    "FileHandler",
+    "HANDLER_TYPES",
+    "MemoryHandler",
+    "SQLiteHandler",
+    "check_run_id",
+    "handler_class",
+    "make_handler",
+]

@@ -1,0 +1,310 @@
+"""What every handler shares: construction from keywords or a dict with validation, the
+binding to settings, the pipeline it writes through, and the stdlib `logging.Handler` face
+that makes ``logger.addHandler(FileHandler(run_id=..., ...))`` work (seeds 002/003)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import msgspec
+
+from flowtrail.config import ConfigError, Settings, describe_validation_error, unknown_key_error
+from flowtrail.pipeline import Pipeline, PipelineOptions, get_pipeline
+from flowtrail.records import Metadata, TraceData
+
+if TYPE_CHECKING:
+    from flowtrail.records import RunSummary
+
+_RUN_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def check_run_id(run_id: Any) -> str:
+    """Return ``run_id`` if it is a safe run id, else raise ``ValueError``: a run id is a
+    non-empty string of at most 255 characters without path separators, control
+    characters or NUL, and is not ``.`` or ``..``; so it can name a directory that stays
+    inside its store."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"run id must be a non-empty string, got {run_id!r}")
+    if len(run_id) > 255 or run_id in (".", "..") or _RUN_ID_FORBIDDEN.search(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not allowed: use at most 255 characters without '/', "
+            "'\\', control characters or NUL, and not '.' or '..'"
+        )
+    return run_id
+
+
+class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options every handler accepts."""
+
+    type: str = ""
+
+
+class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of handlers that write through a background pipeline."""
+
+    batch_size: int = 1000
+    #: Seed name of ``batch_size``.
+    buffer_size: int | None = None
+    max_batch_bytes: int = 4 * 1024 * 1024
+    flush_interval: float = 0.5
+    queue_size: int = 100_000
+    overflow: Literal["spill", "drop", "block"] = "spill"
+    spool_dir: str | None = None
+    max_retries: int = 5
+    retry_deadline: float = 30.0
+
+
+_PIPELINE_ACCEPTED = {
+    "batch_size": "a positive integer",
+    "buffer_size": "a positive integer",
+    "flush_interval": "a number of seconds",
+    "queue_size": "a positive integer",
+    "overflow": "one of 'spill' (default: no loss), 'drop' (counted), 'block'",
+    "max_retries": "an integer >= 0",
+    "timeout": "a number of seconds",
+}
+
+
+class BaseHandler(logging.Handler):
+    """A place records go. Constructible with keywords (``FileHandler(type="file",
+    path=...)``) or from a dict (`make_handler`). Also a `logging.Handler`: given
+    ``run_id=`` it can be added to a stdlib logger directly."""
+
+    #: The ``type`` value naming this handler in configuration.
+    type: ClassVar[str] = ""
+    #: Its options.
+    Config: ClassVar[type[HandlerConfig]] = HandlerConfig
+    #: Written on the caller's thread (console, memory) rather than through a pipeline.
+    synchronous: ClassVar[bool] = False
+    #: Keys of the config that are secrets: never shown in repr or errors.
+    secret_keys: ClassVar[frozenset[str]] = frozenset()
+    accepted: ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self,
+        *,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        extras: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        logging.Handler.__init__(self)
+        self.config = self.build_config(options)
+        self.run_id = check_run_id(run_id) if run_id is not None else None
+        self.parent_run_id = parent_run_id
+        self.extras = dict(extras or {})
+        self._direct_pipeline: Pipeline | None = None
+        self._direct_settings: Settings | None = None
+
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def build_config(cls, options: Mapping[str, Any]) -> Any:
+        """Validate options into this handler's `Config`, or raise `ConfigError`."""
+        data = dict(options)
+        given_type = data.pop("type", None)
+        if given_type not in (None, cls.type) and not cls.accepts_type(given_type):
+            raise ConfigError(
+                f"flowtrail config: {cls.__name__} got type={given_type!r}; "
+                f"its type is {cls.type!r}"
+            )
+        known = cls.Config.__struct_fields__
+        for key in data:
+            if key not in known:
+                raise unknown_key_error(key, f"the {cls.type!r} handler options", list(known))
+        try:
+            return msgspec.convert({"type": cls.type, **data}, cls.Config, strict=False)
+        except msgspec.ValidationError as exc:
+            accepted = {**_PIPELINE_ACCEPTED, **cls.accepted}
+            key, reason = describe_validation_error(exc, data, accepted)
+            shown = "***" if key in cls.secret_keys else repr(data.get(key))
+            raise ConfigError(
+                f"flowtrail config: handler {cls.type!r} option {key!r} = {shown} is not "
+                f"valid: {reason}"
+            ) from None
+
+    @classmethod
+    def accepts_type(cls, name: str) -> bool:
+        """Whether ``name`` is an alias of this handler's type."""
+        return False
+
+    @classmethod
+    def from_config(cls, config: Any) -> BaseHandler:
+        """A new handler with an already validated config."""
+        handler = cls.__new__(cls)
+        logging.Handler.__init__(handler)
+        handler.config = config
+        handler.run_id = None
+        handler.parent_run_id = None
+        handler.extras = {}
+        handler._direct_pipeline = None
+        handler._direct_settings = None
+        return handler
+
+    def bound(self, settings: Settings) -> BaseHandler:
+        """This handler with every option that defaults to a setting filled in. Override
+        `resolve` to fill them."""
+        resolved = self.resolve(settings)
+        if resolved == self.config:
+            return self
+        return type(self).from_config(resolved)
+
+    def resolve(self, settings: Settings) -> Any:
+        """This handler's config with settings applied (defaults: spool under log_dir)."""
+        config = self.config
+        if isinstance(config, PipelineConfig) and config.spool_dir is None:
+            config = msgspec.structs.replace(config, spool_dir=f"{settings.log_dir}/spool")
+        return config
+
+    def pipeline_key(self) -> tuple[str, bytes]:
+        """Records of handlers with equal keys share one pipeline per process."""
+        return (type(self).__qualname__, msgspec.json.encode(self.config))
+
+    def pipeline(self, strict: bool = False) -> Pipeline:
+        """The process's pipeline for this (bound) handler's config."""
+        config = self.config
+        assert isinstance(config, PipelineConfig)
+
+        def make() -> tuple[str, Any, PipelineOptions]:
+            exporter = type(self).from_config(config)
+            options = PipelineOptions(
+                batch_size=config.buffer_size or config.batch_size,
+                max_batch_bytes=config.max_batch_bytes,
+                flush_interval=config.flush_interval,
+                queue_size=config.queue_size,
+                overflow=config.overflow,
+                spool_dir=f"{config.spool_dir or './logs/spool'}/{self.spool_name()}",
+                max_retries=config.max_retries,
+                retry_deadline=config.retry_deadline,
+            )
+            return self.describe(), exporter, options
+
+        return get_pipeline(self.pipeline_key(), make, strict=strict)
+
+    def spool_name(self) -> str:
+        """The spool folder of this handler's config: its type and a digest."""
+        import hashlib
+
+        digest = hashlib.sha256(self.pipeline_key()[1]).hexdigest()[:12]
+        return f"{self.type}-{digest}"
+
+    def describe(self) -> str:
+        """A short name for messages, without secrets."""
+        return f"{self.type!r}"
+
+    def __repr__(self) -> str:
+        fields = []
+        for name in self.config.__struct_fields__:
+            value = getattr(self.config, name)
+            if name in self.secret_keys and value is not None:
+                value = "***"
+            if name != "type":
+                fields.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+    # ------------------------------------------------------------------ writing
+    def write(self, record: Metadata) -> None:
+        """Write one record now (synchronous handlers only)."""
+        raise NotImplementedError
+
+    def export(self, batch: Sequence[Any]) -> None:
+        """Write a batch (pipeline handlers, called on the worker)."""
+        raise NotImplementedError
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a failed batch may succeed later."""
+        return True
+
+    def sync(self) -> None:
+        """Make what was exported durable (called when a flush reaches the worker)."""
+
+    def after_fork(self) -> None:
+        """Forget files and connections inherited from the parent."""
+
+    def close_exporter(self) -> None:
+        """Release files and connections (worker side)."""
+
+    # ------------------------------------------------------------------ stdlib face
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
+        """Take a stdlib log record (direct-handler form)."""
+        from flowtrail.stdlib import metadata_from_log_record
+
+        try:
+            settings = self._direct_settings
+            if settings is None:
+                from flowtrail.config import resolve_settings
+
+                settings = self._direct_settings = resolve_settings(extras=self.extras)
+            meta = metadata_from_log_record(
+                record,
+                settings,
+                run_id=self.run_id,
+                parent_run_id=self.parent_run_id,
+                extras=self.extras,
+            )
+            self.handle_metadata(meta, settings)
+        except RecursionError:  # pragma: no cover
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def handle_metadata(self, meta: Metadata, settings: Settings) -> None:
+        """Route one record to this handler (used by the stdlib bridge)."""
+        if self.synchronous:
+            self.bound(settings).write(meta)
+            return
+        pipeline = self._direct_pipeline
+        if pipeline is None:
+            pipeline = self._direct_pipeline = self.bound(settings).pipeline(settings.strict)
+        pipeline.submit(meta)
+
+    def flush(self, timeout: float | None = 30.0) -> bool:  # type: ignore[override]
+        """Wait until records handed to this handler's pipeline are written."""
+        if self.synchronous:
+            return True
+        from flowtrail.config import resolve_settings
+
+        settings = self._direct_settings or resolve_settings(extras=self.extras)
+        return self.bound(settings).pipeline(settings.strict).flush(timeout)
+
+    def close(self) -> None:
+        """Flush this handler's pipeline, then release it as a stdlib handler (stdlib
+        calls this at shutdown too)."""
+        try:
+            pipeline = self._direct_pipeline
+            if pipeline is not None:
+                pipeline.flush(30.0)
+        finally:
+            logging.Handler.close(self)
+
+
+class StoreReader:
+    """The reading side of storing handlers (file, SQLite)."""
+
+    def find_traces(self) -> Iterator[TraceData]:
+        """Every run in the store, newest first."""
+        raise NotImplementedError
+
+    def find_trace_with_id(self, run_id: str, *, include_children: bool = False) -> TraceData:
+        """One run's records (and its child runs' with ``include_children``)."""
+        raise NotImplementedError
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        level: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int | None = 1000,
+    ) -> list[Metadata]:
+        """Records matching every given filter, oldest first."""
+        raise NotImplementedError
+
+    def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
+        """One summary per run, newest first."""
+        raise NotImplementedError

@@ -1,0 +1,317 @@
+"""The file store: one directory per run under a base path.
+
+``<path>/run_id=<run id>/stdout.txt`` (text lines of non-error records), ``stderr.txt``
+(error records), ``metadata.txt`` (one JSON record a line) and ``spans.txt``. Each batch is
+one ``write`` per file on a descriptor opened with ``O_APPEND``, so writers in several
+threads and processes never interleave lines. A flush ``fsync``s what was written.
+Readers skip a torn last line (a writer killed mid-line).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from flowtrail.config import Settings
+from flowtrail.formats.line import compile_line_format
+from flowtrail.handlers.base import (
+    BaseHandler,
+    HandlerConfig,
+    PipelineConfig,
+    StoreReader,
+    check_run_id,
+)
+from flowtrail.handlers.query import RecordFilter, parse_time, summarize
+from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
+
+_FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
+_MAX_OPEN = 64
+
+
+class FileConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of `FileHandler`."""
+
+    #: Base directory of the run directories.
+    path: str = "./logs/traces"
+    #: Line format of stdout.txt/stderr.txt; defaults to the ``log_format_file`` setting.
+    format: str | None = None
+    #: strftime format of ``{datetime}``; defaults to ``log_datetime_format``.
+    datetime_format: str | None = None
+    #: Emoji before ``[PREFIX]:`` messages; defaults to ``log_add_emoji``.
+    add_emoji: bool | None = None
+    #: fsync the files when a flush reaches the writer (durable against power loss).
+    fsync: bool = True
+
+
+class FileHandler(BaseHandler, StoreReader):
+    """Write each run to its own directory of text and JSON-lines files; read runs back."""
+
+    type: ClassVar[str] = "file"
+    Config: ClassVar[type[HandlerConfig]] = FileConfig
+    accepted: ClassVar[dict[str, str]] = {
+        "path": "a directory path",
+        "format": "a str.format string over record fields",
+        "fsync": "true or false",
+    }
+
+    config: FileConfig
+
+    def resolve(self, settings: Settings) -> Any:
+        config = super().resolve(settings)
+        return msgspec.structs.replace(
+            config,
+            format=config.format if config.format is not None else settings.log_format_file,
+            datetime_format=config.datetime_format or settings.log_datetime_format,
+            add_emoji=config.add_emoji if config.add_emoji is not None else settings.log_add_emoji,
+        )
+
+    def describe(self) -> str:
+        return f"'file' at {self.config.path}"
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def base(self) -> Path:
+        """The base directory."""
+        return Path(self.config.path)
+
+    def run_dir(self, run_id: str) -> Path:
+        """The directory of one run; refuses run ids that would leave the base."""
+        check_run_id(run_id)
+        base = self.base.resolve()
+        folder = (base / f"run_id={run_id}").resolve()
+        if folder.parent != base:
+            raise ValueError(f"run id {run_id!r} would leave {base}")
+        return folder
+
+    # ------------------------------------------------------------------ writing
+    def _descriptors(self) -> OrderedDict[tuple[str, str], int]:
+        fds = self.__dict__.get("_fds")
+        if fds is None:
+            fds = self.__dict__["_fds"] = OrderedDict()
+        return fds
+
+    def _fd(self, run_id: str, name: str) -> int:
+        fds = self._descriptors()
+        key = (run_id, name)
+        fd = fds.get(key)
+        if fd is not None:
+            fds.move_to_end(key)
+            return fd
+        folder = self.run_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fds[key] = fd
+        while len(fds) > _MAX_OPEN:
+            _, old = fds.popitem(last=False)
+            self._close_fd(old, sync=self.config.fsync)
+        return fd
+
+    @staticmethod
+    def _close_fd(fd: int, sync: bool) -> None:
+        try:
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def export(self, batch: Sequence[Any]) -> None:
+        config = self.config
+        line = compile_line_format(
+            config.format or "{message}",
+            config.datetime_format or "%Y-%m-%d %H:%M:%S",
+            bool(config.add_emoji),
+        )
+        groups: dict[str, list[Any]] = {}
+        first = batch[0].run_id
+        if all(record.run_id == first for record in batch):
+            groups[first] = list(batch)
+        else:
+            for record in batch:
+                groups.setdefault(record.run_id, []).append(record)
+        for run_id, records in groups.items():
+            logs = [r for r in records if r.__class__ is Metadata]
+            spans = (
+                [r for r in records if r.__class__ is not Metadata]
+                if len(logs) < len(records)
+                else []
+            )
+            if logs:
+                out = [line(r) for r in logs if not r.error_flag]
+                err = [line(r) for r in logs if r.error_flag] if len(out) < len(logs) else []
+                if out:
+                    self._write_all(
+                        self._fd(run_id, "stdout.txt"), ("\n".join(out) + "\n").encode()
+                    )
+                if err:
+                    self._write_all(
+                        self._fd(run_id, "stderr.txt"), ("\n".join(err) + "\n").encode()
+                    )
+                self._write_all(self._fd(run_id, "metadata.txt"), encode_lines(logs))
+            if spans:
+                self._write_all(self._fd(run_id, "spans.txt"), encode_lines(spans))
+
+    def retryable(self, exc: BaseException) -> bool:
+        return not isinstance(exc, ValueError)
+
+    def sync(self) -> None:
+        if not self.config.fsync:
+            return
+        for fd in list(self._descriptors().values()):
+            os.fsync(fd)
+
+    def close_exporter(self) -> None:
+        fds = self._descriptors()
+        while fds:
+            _, fd = fds.popitem()
+            try:
+                self._close_fd(fd, sync=self.config.fsync)
+            except OSError:
+                pass
+
+    def after_fork(self) -> None:
+        # The parent's descriptors stay open in the parent; the child opens its own.
+        self.__dict__["_fds"] = OrderedDict()
+
+    # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _read_text(path: Path) -> str:
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @staticmethod
+    def _read_records(path: Path, decode: Any = decode_metadata) -> list[Any]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        records = []
+        for raw in data.split(b"\n"):
+            if raw:
+                try:
+                    records.append(decode(raw))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # a torn line of a killed writer
+        return records
+
+    def _read_spans(self, folder: Path) -> list[Any]:
+        from flowtrail.spool import DECODERS
+
+        decode = DECODERS.get("span")
+        return self._read_records(folder / "spans.txt", decode) if decode else []
+
+    def _run_folders(self) -> list[Path]:
+        base = self.base
+        if not base.is_dir():
+            return []
+        folders = [p for p in base.iterdir() if p.is_dir() and p.name.startswith("run_id=")]
+        folders.sort(key=lambda p: _mtime(p / "metadata.txt"), reverse=True)
+        return folders
+
+    def _trace_of(self, folder: Path) -> TraceData:
+        return TraceData(
+            stdout=self._read_text(folder / "stdout.txt"),
+            stderr=self._read_text(folder / "stderr.txt"),
+            meta=self._read_records(folder / "metadata.txt"),
+            spans=self._read_spans(folder),
+        )
+
+    def find_traces(self) -> Iterator[TraceData]:
+        self._flush_own()
+        for folder in self._run_folders():
+            yield self._trace_of(folder)
+
+    def find_trace_with_id(self, run_id: str, *, include_children: bool = False) -> TraceData:
+        self._flush_own()
+        data = self._trace_of(self.run_dir(run_id))
+        if include_children:
+            for child in self._child_folders(run_id):
+                extra = self._trace_of(child)
+                data.stdout += extra.stdout
+                data.stderr += extra.stderr
+                data.meta.extend(extra.meta)
+                data.spans.extend(extra.spans)
+            data.meta.sort(key=lambda r: parse_time(r.datetime))
+        return data
+
+    def _child_folders(self, run_id: str) -> list[Path]:
+        children = []
+        for folder in self._run_folders():
+            first = _first_record(folder / "metadata.txt")
+            if first is not None and first.parent_run_id == run_id and first.run_id != run_id:
+                children.append(folder)
+        return children
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        level: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int | None = 1000,
+    ) -> list[Metadata]:
+        self._flush_own()
+        keep = RecordFilter(
+            text, run_id=run_id, workflow=workflow, level=level, since=since, until=until
+        )
+        folders = [self.run_dir(run_id)] if run_id else self._run_folders()
+        found: list[Metadata] = []
+        for folder in folders:
+            found.extend(r for r in self._read_records(folder / "metadata.txt") if keep(r))
+        found.sort(key=lambda r: parse_time(r.datetime))
+        return found[:limit] if limit is not None else found
+
+    def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
+        self._flush_own()
+        summaries = []
+        for folder in self._run_folders():
+            records = self._read_records(folder / "metadata.txt")
+            if not records:
+                continue
+            summary = summarize(records)
+            if workflow is None or summary.workflow_name == workflow:
+                summaries.append(summary)
+            if limit is not None and len(summaries) >= limit:
+                break
+        return summaries
+
+    def _flush_own(self) -> None:
+        """Readers see what this process wrote: flush its pipelines to this path."""
+        from flowtrail.pipeline import all_pipelines
+
+        base = str(self.base.resolve())
+        for pipeline in all_pipelines():
+            exporter = pipeline.exporter
+            if isinstance(exporter, FileHandler) and str(exporter.base.resolve()) == base:
+                pipeline.flush(10.0)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _first_record(path: Path) -> Metadata | None:
+    try:
+        with path.open("rb") as handle:
+            return decode_metadata(handle.readline())
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -1,0 +1,94 @@
+"""Filters and summaries shared by the stores' readers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary
+
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def parse_time(value: Any) -> datetime:
+    """An aware datetime from a datetime or an ISO-8601 string (naive means UTC)."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return _EARLIEST
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def check_level(level: str | None) -> int | None:
+    """The severity of a level name, or ValueError listing the names."""
+    if level is None:
+        return None
+    try:
+        return LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}") from None
+
+
+class RecordFilter:
+    """A predicate over records: text (case-insensitive, in the message or the exception),
+    run, workflow, minimum level and a time range."""
+
+    def __init__(
+        self,
+        text: str | None = None,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        level: str | None = None,
+        since: Any = None,
+        until: Any = None,
+    ) -> None:
+        self.text = text.lower() if text else None
+        self.run_id = run_id
+        self.workflow = workflow
+        self.min_level = check_level(level)
+        self.since = parse_time(since) if since is not None else None
+        self.until = parse_time(until) if until is not None else None
+
+    def __call__(self, record: Metadata) -> bool:
+        if self.run_id is not None and record.run_id != self.run_id:
+            return False
+        if self.workflow is not None and record.workflow_name != self.workflow:
+            return False
+        if self.min_level is not None and LEVELS.get(record.level, 0) < self.min_level:
+            return False
+        if self.text is not None:
+            haystack = record.message.lower()
+            if (
+                self.text not in haystack
+                and self.text not in (record.exception_message or "").lower()
+            ):
+                return False
+        if self.since is not None or self.until is not None:
+            moment = parse_time(record.datetime)
+            if self.since is not None and moment < self.since:
+                return False
+            if self.until is not None and moment > self.until:
+                return False
+        return True
+
+
+def summarize(records: Sequence[Metadata]) -> RunSummary:
+    """The summary of one run's records."""
+    first = records[0]
+    times = sorted(r.datetime for r in records)
+    workflow = next((r.workflow_name for r in records if r.workflow_name), None)
+    return RunSummary(
+        run_id=first.run_id,
+        parent_run_id=first.parent_run_id,
+        workflow_name=workflow,
+        start=times[0],
+        end=times[-1],
+        records=len(records),
+        warnings=sum(1 for r in records if r.level == "warning"),
+        errors=sum(1 for r in records if r.level in ERROR_LEVELS),
+    )

@@ -1,0 +1,347 @@
+"""The SQLite store: the seed's ``traces`` table (every `Metadata` column), WAL mode,
+parameterised SQL only, a validated table name, and indexes for the readers' queries.
+
+Each batch is one ``BEGIN IMMEDIATE`` transaction with one ``executemany``. Several
+processes can write one database: a busy database is waited for (``busy_timeout``) and a
+batch that still meets a lock is retried by the pipeline, then spooled, so "database is
+locked" never reaches the workflow.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from flowtrail.config import DEFAULT_LOG_FORMAT_FILE, ConfigError, Settings
+from flowtrail.formats.line import compile_line_format
+from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
+from flowtrail.handlers.query import check_level, parse_time
+from flowtrail.records import (
+    ERROR_LEVELS,
+    LEVELS,
+    METADATA_FIELDS,
+    Metadata,
+    RunSummary,
+    TraceData,
+)
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_JSON_COLUMNS = {"tags", "metadata"}
+_COLUMN_TYPES = {
+    "run_id": "TEXT NOT NULL",
+    "parent_run_id": "TEXT",
+    "level": "TEXT NOT NULL",
+    "message": "TEXT NOT NULL",
+    "error_flag": "BOOLEAN NOT NULL",
+    "datetime": "TEXT NOT NULL",
+    "process": "INTEGER NOT NULL",
+    "thread": "INTEGER NOT NULL",
+    "filename": "TEXT NOT NULL",
+    "lineno": "INTEGER NOT NULL",
+    "duration_ms": "REAL",
+    "memory_usage_mb": "REAL",
+    "cpu_usage_percent": "REAL",
+    "created_at": "TIMESTAMP DEFAULT CURRENT_TIMESTAMP",
+}
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+
+def check_table_name(name: str) -> str:
+    """Return ``name`` if it is a plain SQL identifier, else raise `ConfigError`."""
+    if not isinstance(name, str) or not _TABLE_NAME.match(name):
+        raise ConfigError(
+            f"flowtrail config: handler 'sqlite' option 'table_name' = {name!r} is not valid: "
+            "expected letters, digits and '_', starting with a letter or '_' (at most 63)"
+        )
+    return name
+
+
+class SQLiteConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of `SQLiteHandler`."""
+
+    #: Database file.
+    path: str = "./logs/flowtrail.db"
+    #: Table of log records (spans go to ``<table_name>_spans``).
+    table_name: str = "traces"
+    #: Milliseconds a writer waits for another process's transaction.
+    busy_timeout_ms: int = 30_000
+    #: ``NORMAL`` survives a killed process; ``FULL`` also a power loss.
+    synchronous: str = "NORMAL"
+    #: Line format used to rebuild stdout/stderr text when reading.
+    format: str | None = None
+
+
+class SQLiteHandler(BaseHandler, StoreReader):
+    """Store records in an embedded SQLite database; read runs back with SQL."""
+
+    type: ClassVar[str] = "sqlite"
+    Config: ClassVar[type[HandlerConfig]] = SQLiteConfig
+    accepted: ClassVar[dict[str, str]] = {
+        "path": "a database file path",
+        "table_name": "a plain SQL identifier",
+        "synchronous": "NORMAL or FULL",
+    }
+
+    config: SQLiteConfig
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        check_table_name(self.config.table_name)
+        if self.config.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(
+                f"flowtrail config: handler 'sqlite' option 'synchronous' = "
+                f"{self.config.synchronous!r} is not valid: expected NORMAL or FULL"
+            )
+
+    def resolve(self, settings: Settings) -> Any:
+        config = super().resolve(settings)
+        if config.format is None:
+            config = msgspec.structs.replace(config, format=settings.log_format_file)
+        return config
+
+    def describe(self) -> str:
+        return f"'sqlite' at {self.config.path}"
+
+    @property
+    def table(self) -> str:
+        """The validated table name (safe to put in SQL)."""
+        return check_table_name(self.config.table_name)
+
+    # ------------------------------------------------------------------ schema
+    def _connect(self) -> sqlite3.Connection:
+        path = Path(self.config.path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(path),
+            timeout=self.config.busy_timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError:
+            pass  # another process is switching it; WAL is persistent once set
+        conn.execute(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
+        self._ensure_schema(conn)
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        table = self.table
+        columns = ",\n    ".join(
+            f"{name} {_COLUMN_TYPES.get(name, 'TEXT')}" for name in METADATA_FIELDS
+        )
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {table} (\n"
+            f"    id INTEGER PRIMARY KEY AUTOINCREMENT,\n    {columns}\n)",
+            f"CREATE INDEX IF NOT EXISTS {table}_run ON {table} (run_id, id)",
+            f"CREATE INDEX IF NOT EXISTS {table}_parent ON {table} (parent_run_id)",
+            f"CREATE INDEX IF NOT EXISTS {table}_workflow ON {table} (workflow_name, datetime)",
+            f"CREATE INDEX IF NOT EXISTS {table}_datetime ON {table} (datetime)",
+            f"CREATE INDEX IF NOT EXISTS {table}_level ON {table} (level, datetime)",
+        ]
+        for attempt in range(50):
+            try:
+                for statement in statements:
+                    conn.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 49:
+                    raise
+                threading.Event().wait(0.05)
+
+    def _writer(self) -> sqlite3.Connection:
+        conn = self.__dict__.get("_conn")
+        if conn is None:
+            conn = self.__dict__["_conn"] = self._connect()
+            names = ", ".join(METADATA_FIELDS)
+            marks = ", ".join("?" for _ in METADATA_FIELDS)
+            self.__dict__["_insert"] = f"INSERT INTO {self.table} ({names}) VALUES ({marks})"
+        return conn
+
+    # ------------------------------------------------------------------ writing
+    def export(self, batch: Sequence[Any]) -> None:
+        conn = self._writer()
+        rows = [_row(record) for record in batch if record.__class__ is Metadata]
+        if not rows:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(self.__dict__["_insert"], rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError)
+
+    def close_exporter(self) -> None:
+        conn = self.__dict__.pop("_conn", None)
+        if conn is not None:
+            conn.close()
+
+    def after_fork(self) -> None:
+        # Never use a connection across fork; the parent keeps its own.
+        self.__dict__.pop("_conn", None)
+
+    # ------------------------------------------------------------------ reading
+    def _reader(self) -> sqlite3.Connection:
+        self._flush_own()
+        path = Path(self.config.path)
+        if not path.exists():
+            conn = sqlite3.connect(":memory:")
+        else:
+            conn = sqlite3.connect(str(path), timeout=self.config.busy_timeout_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+        self._ensure_schema(conn)
+        return conn
+
+    def _flush_own(self) -> None:
+        from flowtrail.pipeline import all_pipelines
+
+        target = str(Path(self.config.path).resolve())
+        for pipeline in all_pipelines():
+            exporter = pipeline.exporter
+            if (
+                isinstance(exporter, SQLiteHandler)
+                and str(Path(exporter.config.path).resolve()) == target
+            ):
+                pipeline.flush(10.0)
+
+    def _select(self, where: str, params: Sequence[Any], tail: str = "") -> list[Metadata]:
+        names = ", ".join(METADATA_FIELDS)
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT {names} FROM {self.table} WHERE {where} ORDER BY id {tail}", params
+            ).fetchall()
+        finally:
+            conn.close()
+        return [_record(row) for row in rows]
+
+    def _trace_data(self, meta: list[Metadata]) -> TraceData:
+        line = compile_line_format(self.config.format or DEFAULT_LOG_FORMAT_FILE)
+        return TraceData(
+            stdout="".join(line(r) + "\n" for r in meta if not r.error_flag),
+            stderr="".join(line(r) + "\n" for r in meta if r.error_flag),
+            meta=meta,
+        )
+
+    def find_trace_with_id(self, run_id: str, *, include_children: bool = False) -> TraceData:
+        if include_children:
+            meta = self._select("run_id = ? OR parent_run_id = ?", (run_id, run_id))
+            meta.sort(key=lambda r: parse_time(r.datetime))
+        else:
+            meta = self._select("run_id = ?", (run_id,))
+        return self._trace_data(meta)
+
+    def find_traces(self) -> Iterator[TraceData]:
+        for summary in self.runs():
+            yield self.find_trace_with_id(summary.run_id)
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        level: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int | None = 1000,
+    ) -> list[Metadata]:
+        clauses, params = ["1 = 1"], []
+        if run_id is not None:
+            clauses.append("run_id = ?")
+            params.append(run_id)
+        if workflow is not None:
+            clauses.append("workflow_name = ?")
+            params.append(workflow)
+        minimum = check_level(level)
+        if minimum is not None:
+            names = [name for name, value in LEVELS.items() if value >= minimum]
+            clauses.append(f"level IN ({', '.join('?' for _ in names)})")
+            params.extend(names)
+        if text:
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("(message LIKE ? ESCAPE '\\' OR exception_message LIKE ? ESCAPE '\\')")
+            params.extend([f"%{escaped}%"] * 2)
+        found = self._select(" AND ".join(clauses), params)
+        if since is not None or until is not None:
+            low = parse_time(since) if since is not None else None
+            high = parse_time(until) if until is not None else None
+            found = [
+                r
+                for r in found
+                if (low is None or parse_time(r.datetime) >= low)
+                and (high is None or parse_time(r.datetime) <= high)
+            ]
+        return found[:limit] if limit is not None else found
+
+    def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
+        errors = ", ".join(f"'{name}'" for name in sorted(ERROR_LEVELS))
+        sql = (
+            f"SELECT run_id, MAX(parent_run_id), MAX(workflow_name), MIN(datetime), "
+            f"MAX(datetime), COUNT(*), SUM(level = 'warning'), SUM(level IN ({errors})) "
+            f"FROM {self.table} {{where}} GROUP BY run_id ORDER BY MIN(id) DESC"
+        )
+        params: list[Any] = []
+        where = ""
+        if workflow is not None:
+            where = f"WHERE run_id IN (SELECT run_id FROM {self.table} WHERE workflow_name = ?)"
+            params.append(workflow)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        conn = self._reader()
+        try:
+            rows = conn.execute(sql.format(where=where), params).fetchall()
+        finally:
+            conn.close()
+        return [
+            RunSummary(
+                run_id=row[0],
+                parent_run_id=row[1],
+                workflow_name=row[2],
+                start=row[3],
+                end=row[4],
+                records=row[5],
+                warnings=row[6] or 0,
+                errors=row[7] or 0,
+            )
+            for row in rows
+        ]
+
+
+_ASTUPLE = msgspec.structs.astuple
+_TAGS = METADATA_FIELDS.index("tags")
+_META = METADATA_FIELDS.index("metadata")
+
+
+def _row(record: Metadata) -> tuple[Any, ...]:
+    row = _ASTUPLE(record)
+    tags, meta = row[_TAGS], row[_META]
+    if not tags and not meta:
+        return row[:_TAGS] + ("[]", "{}") + row[_META + 1 :]
+    return (
+        row[:_TAGS] + (_json_encode(tags).decode(), _json_encode(meta).decode()) + row[_META + 1 :]
+    )
+
+
+def _record(row: Sequence[Any]) -> Metadata:
+    values = dict(zip(METADATA_FIELDS, row, strict=True))
+    values["tags"] = _json_decode(values["tags"]) if values.get("tags") else []
+    values["metadata"] = _json_decode(values["metadata"]) if values.get("metadata") else {}
+    values["error_flag"] = bool(values["error_flag"])
+    if values.get("created_at") is None:
+        values.pop("created_at")
+    return Metadata(**values)

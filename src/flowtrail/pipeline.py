@@ -1,0 +1,446 @@
+"""The batch worker shared by every storing or remote handler.
+
+One `Pipeline` per distinct handler configuration per process. The caller's side of
+`submit` is a deque append (no lock, no wake-up unless a batch is full); a daemon worker
+takes batches by count, bytes or time and hands each to the exporter in one call. A batch
+that fails is retried with backoff and jitter within a deadline on the worker, then
+written to the spool; the spool is replayed later. A full queue spills to the spool by
+default (``overflow="spill"``), or drops and counts (``"drop"``), or makes the caller wait
+(``"block"``).
+
+`flush` puts a marker in the queue and waits for the worker to pass it, so it returns when
+every record handed in before it is written or spooled. Interpreter exit flushes every
+pipeline within ``exit_timeout`` and spools what is left; a forked child starts with empty
+queues and new locks, and starts its own worker on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from flowtrail.spool import Spool
+
+
+class Exporter(Protocol):
+    """The worker side of a handler: receives finished, read-only batches."""
+
+    def export(self, batch: Sequence[Any]) -> None:
+        """Write or send the batch; raise on failure."""
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether a failure may succeed if the same batch is tried again."""
+
+    def sync(self) -> None:
+        """Make what was exported durable (a flush reached the worker)."""
+
+    def close_exporter(self) -> None:
+        """Release files, connections and clients."""
+
+    def after_fork(self) -> None:
+        """Forget the parent's files, connections and locks."""
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a pipeline batches, retries and overflows."""
+
+    batch_size: int = 1000
+    max_batch_bytes: int = 4 * 1024 * 1024
+    flush_interval: float = 0.5
+    queue_size: int = 100_000
+    overflow: Literal["spill", "drop", "block"] = "spill"
+    spool_dir: str = "./logs/spool"
+    max_retries: int = 5
+    retry_backoff: float = 0.1
+    retry_max_backoff: float = 5.0
+    retry_deadline: float = 30.0
+    replay_interval: float = 30.0
+
+
+@dataclass
+class PipelineStats:
+    """Counters of one pipeline (per process)."""
+
+    exported: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dropped: int = 0
+    failed_batches: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class _Marker:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+_reported: set[tuple[str, str]] = set()
+_report_lock = threading.Lock()
+
+
+def report_once(name: str, exc: BaseException, count: int, where: str) -> None:
+    """Tell stderr once per handler and error type that records could not be written."""
+    kind = type(exc).__name__
+    with _report_lock:
+        if (name, kind) in _reported:
+            return
+        _reported.add((name, kind))
+    try:
+        sys.stderr.write(
+            f"flowtrail: handler {name} could not write {count} record(s) "
+            f"({kind}: {exc}); {where}. Further failures of this kind are counted in "
+            f"its stats, not printed.\n"
+        )
+    except Exception:
+        pass
+
+
+class Pipeline:
+    """A bounded queue and one background worker in front of an exporter."""
+
+    def __init__(
+        self,
+        name: str,
+        exporter: Exporter,
+        options: PipelineOptions,
+        *,
+        strict: bool = False,
+    ) -> None:
+        self.name = name
+        self.exporter = exporter
+        self.options = options
+        self.strict = strict
+        self.stats = PipelineStats()
+        self.spool = Spool(options.spool_dir)
+        self._init_runtime()
+        _all_pipelines.add(self)
+
+    def _init_runtime(self) -> None:
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._export_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._next_replay = 0.0
+
+    # ------------------------------------------------------------------ caller side
+    def submit(self, record: Any) -> None:
+        """Hand one record in. Never blocks (unless ``overflow="block"``), never raises
+        (unless ``strict``)."""
+        if self.strict:
+            self._export_strict([record])
+            return
+        queue = self._queue
+        if len(queue) >= self.options.queue_size:
+            self._overflow(record)
+            return
+        queue.append(record)
+        if self._worker is None:
+            self._start()
+        if len(queue) % self.options.batch_size == 0:
+            self._wake.set()
+
+    def submit_many(self, records: Sequence[Any]) -> None:
+        """Hand several records in, in order."""
+        if self.strict:
+            self._export_strict(list(records))
+            return
+        for record in records:
+            self.submit(record)
+        self._wake.set()
+
+    def _export_strict(self, batch: list[Any]) -> None:
+        with self._export_lock:
+            self.exporter.export(batch)
+        self.stats.exported += len(batch)
+
+    def _overflow(self, record: Any) -> None:
+        policy = self.options.overflow
+        if policy == "drop":
+            self.stats.dropped += 1
+            if self.stats.dropped == 1:
+                report_once(
+                    self.name,
+                    OverflowError(f"queue full ({self.options.queue_size} records)"),
+                    1,
+                    "records are dropped while the queue is full (overflow='drop')",
+                )
+            return
+        if policy == "block":
+            while len(self._queue) >= self.options.queue_size:
+                self._wake.set()
+                time.sleep(0.001)
+            self._queue.append(record)
+            return
+        try:
+            self.spool.append(record)
+            self.stats.spooled += 1
+        except Exception as exc:  # the disk itself failed: nothing left but to count
+            self.stats.dropped += 1
+            report_once(self.name, exc, 1, "the record could not be spooled either")
+        self._wake.set()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._worker is not None and self._worker.is_alive():
+                return
+            self._stop.clear()
+            worker = threading.Thread(target=self._run, name=f"flowtrail:{self.name}", daemon=True)
+            self._worker = worker
+            worker.start()
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every record handed in before this call is written or spooled.
+        Returns False if ``timeout`` passed first."""
+        worker = self._worker
+        if self.strict or (not self._queue and (worker is None or not worker.is_alive())):
+            return True
+        marker = _Marker()
+        self._queue.append(marker)
+        if worker is None or not worker.is_alive():
+            try:
+                self._start()
+            except RuntimeError:  # no new threads at interpreter shutdown: do it here
+                self._drain()
+                return True
+        self._wake.set()
+        return marker.event.wait(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Flush, then stop the worker. The pipeline starts again on the next submit."""
+        done = self.flush(timeout)
+        worker = self._worker
+        if worker is not None:
+            self._stop.set()
+            self._wake.set()
+            worker.join(timeout)
+            if not worker.is_alive():
+                self._worker = None
+        if done and not self._queue:
+            self._close_exporter()
+        return done
+
+    def _close_exporter(self) -> None:
+        with self._export_lock:
+            try:
+                self.exporter.close_exporter()
+            except Exception:
+                pass
+
+    def pending(self) -> int:
+        """Records waiting in the queue."""
+        return sum(1 for item in self._queue if not isinstance(item, _Marker))
+
+    # ------------------------------------------------------------------ worker side
+    def _run(self) -> None:
+        self._replay_spool(force=True)
+        while True:
+            self._wake.wait(self.options.flush_interval)
+            self._wake.clear()
+            self._drain()
+            if self._stop.is_set() and not self._queue:
+                return
+            self._replay_spool()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        limit, max_bytes = self.options.batch_size, self.options.max_batch_bytes
+        popleft = queue.popleft
+        while queue:
+            batch: list[Any] = []
+            size = 0
+            while queue and len(batch) < limit and size < max_bytes:
+                item = popleft()
+                if item.__class__ is _Marker:
+                    if batch:
+                        self._export(batch)
+                        batch = []
+                    self._sync()
+                    item.event.set()
+                    continue
+                batch.append(item)
+                size += len(getattr(item, "message", "")) + 400
+            if batch:
+                self._export(batch)
+        if self.spool.has_open():
+            self.spool.seal()
+            self._next_replay = 0.0
+
+    def _export(self, batch: list[Any]) -> None:
+        options = self.options
+        deadline = time.monotonic() + options.retry_deadline
+        attempt = 0
+        while True:
+            try:
+                with self._export_lock:
+                    self.exporter.export(batch)
+                self.stats.exported += len(batch)
+                return
+            except Exception as exc:
+                attempt += 1
+                key = type(exc).__name__
+                self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
+                self.stats.last_error = f"{key}: {exc}"
+                retry = self._retryable(exc) and attempt <= options.max_retries
+                delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
+                delay *= 0.5 + random.random()
+                if not retry or time.monotonic() + delay > deadline or self._stop.is_set():
+                    self.stats.failed_batches += 1
+                    self._spool_batch(batch, exc)
+                    return
+                self.stats.retries += 1
+                if self._stop.wait(delay):  # shutdown cuts the sleep short
+                    self.stats.failed_batches += 1
+                    self._spool_batch(batch, exc)
+                    return
+
+    def _sync(self) -> None:
+        try:
+            with self._export_lock:
+                self.exporter.sync()
+        except Exception as exc:
+            report_once(self.name, exc, 0, "written records may not be on disk yet")
+
+    def _retryable(self, exc: BaseException) -> bool:
+        check = getattr(self.exporter, "retryable", None)
+        return bool(check(exc)) if check is not None else True
+
+    def _spool_batch(self, batch: list[Any], exc: BaseException) -> None:
+        try:
+            self.spool.write_batch(batch)
+            self.stats.spooled += len(batch)
+            where = f"they were saved to the spool {self.spool.directory} and will be re-sent"
+        except Exception as spool_exc:
+            self.stats.dropped += len(batch)
+            where = f"the spool {self.spool.directory} failed too ({spool_exc}); they are lost"
+        self._next_replay = time.monotonic() + self.options.replay_interval
+        report_once(self.name, exc, len(batch), where)
+
+    def _replay_spool(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_replay:
+            return
+        self._next_replay = now + self.options.replay_interval
+        try:
+            for claimed, _kind, records in self.spool.claim():
+                try:
+                    if records:
+                        with self._export_lock:
+                            self.exporter.export(records)
+                except Exception:
+                    self.spool.release(claimed)
+                    return
+                self.stats.replayed += len(records)
+                self.spool.done(claimed)
+        except Exception:
+            return
+
+    # ------------------------------------------------------------------ process events
+    def _after_fork_in_child(self) -> None:
+        self._init_runtime()
+        self.spool.forget_after_fork()
+        try:
+            self.exporter.after_fork()
+        except Exception:
+            pass
+
+    def _shutdown(self, deadline: float) -> None:
+        remaining = max(0.0, deadline - time.monotonic())
+        if not self.flush(remaining):
+            # Past the deadline: whatever is still queued goes to the spool.
+            self._stop.set()
+            leftovers: list[Any] = []
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _Marker):
+                    item.event.set()
+                else:
+                    leftovers.append(item)
+            if leftovers:
+                self._spool_batch(leftovers, TimeoutError("exit deadline passed"))
+        self._stop.set()
+        self._wake.set()
+        if self.spool.has_open():
+            self.spool.seal()
+        self._close_exporter()
+
+
+_all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_registry: dict[Hashable, Pipeline] = {}
+_registry_lock = threading.Lock()
+_exit_timeout = [10.0]
+
+
+def get_pipeline(
+    key: Hashable,
+    make: Callable[[], tuple[str, Exporter, PipelineOptions]],
+    *,
+    strict: bool = False,
+) -> Pipeline:
+    """The process's pipeline for ``key``, created by ``make`` on first use."""
+    pipeline = _registry.get((key, strict))
+    if pipeline is None:
+        with _registry_lock:
+            pipeline = _registry.get((key, strict))
+            if pipeline is None:
+                name, exporter, options = make()
+                pipeline = Pipeline(name, exporter, options, strict=strict)
+                _registry[(key, strict)] = pipeline
+    return pipeline
+
+
+def all_pipelines() -> list[Pipeline]:
+    """Every pipeline of this process."""
+    return list(_all_pipelines)
+
+
+def flush_all(timeout: float | None = 30.0) -> bool:
+    """Flush every pipeline; False if any did not finish in time."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ok = True
+    for pipeline in all_pipelines():
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ok = pipeline.flush(left) and ok
+    return ok
+
+
+def set_exit_timeout(seconds: float) -> None:
+    """How long interpreter exit may spend flushing before spooling the rest."""
+    _exit_timeout[0] = seconds
+
+
+def _at_exit() -> None:
+    deadline = time.monotonic() + _exit_timeout[0]
+    for pipeline in all_pipelines():
+        try:
+            pipeline._shutdown(deadline)
+        except Exception:
+            pass
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock, _report_lock
+    _registry_lock = threading.Lock()
+    _report_lock = threading.Lock()
+    for pipeline in list(_all_pipelines):
+        pipeline._after_fork_in_child()
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

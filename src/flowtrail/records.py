@@ -1,0 +1,221 @@
+"""Records: one log line (`Metadata`), a run read back (`TraceData`), message prefixes
+(`Message`), levels, and the JSON encoding shared by every handler.
+
+Records are immutable `msgspec` structs: built once on the caller's thread and never
+changed after they are handed to a pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Final, Literal
+
+import msgspec
+
+LevelName = Literal["debug", "info", "warning", "error", "exception"]
+
+#: Severity of each level name; ``exception`` is an error with a stack trace.
+LEVELS: Final[dict[str, int]] = {
+    "debug": 10,
+    "info": 20,
+    "warning": 30,
+    "error": 40,
+    "exception": 50,
+}
+#: Levels whose records go to ``stderr`` (``mode="stderr"``, ``error_flag=True``).
+ERROR_LEVELS: Final[frozenset[str]] = frozenset({"error", "exception"})
+
+
+class Metadata(msgspec.Struct, kw_only=True, frozen=True):
+    """One log record with every field of the seed documents.
+
+    Field order is the column order of the SQLite table. ``datetime`` and ``created_at``
+    are ISO-8601 strings with the UTC offset of the configured ``log_tz`` (UTC by default),
+    e.g. ``2026-11-21T09:59:17.203164+00:00``.
+    """
+
+    # Basic info
+    run_id: str
+    parent_run_id: str | None = None
+    level: str = "info"
+    message: str = ""
+    error_flag: bool = False
+    datetime: str = ""
+    # System info
+    process: int = 0
+    thread: int = 0
+    filename: str = ""
+    lineno: int = 0
+    cut_id: str | None = None
+    # Observability
+    workflow_name: str | None = None
+    stage_name: str | None = None
+    job_name: str | None = None
+    # Performance
+    duration_ms: float | None = None
+    memory_usage_mb: float | None = None
+    cpu_usage_percent: float | None = None
+    # Distributed tracing
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    # Error context
+    exception_type: str | None = None
+    exception_message: str | None = None
+    stack_trace: str | None = None
+    error_code: str | None = None
+    # Business context
+    user_id: str | None = None
+    tenant_id: str | None = None
+    environment: str | None = None
+    # System context
+    hostname: str | None = None
+    ip_address: str | None = None
+    python_version: str | None = None
+    package_version: str | None = None
+    # Custom
+    tags: list[str] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_at: str | None = None
+    mode: Literal["stdout", "stderr"] = "stdout"
+
+    def model_dump(self) -> dict[str, Any]:
+        """Return the record as a plain dict (the name pydantic users expect)."""
+        return msgspec.structs.asdict(self)
+
+
+#: Field names of `Metadata`, in column order.
+METADATA_FIELDS: Final[tuple[str, ...]] = Metadata.__struct_fields__
+
+#: Fields a caller may set for a whole run through ``extras`` (seed 002/003).
+CONTEXT_FIELDS: Final[frozenset[str]] = frozenset(
+    {
+        "workflow_name",
+        "stage_name",
+        "job_name",
+        "duration_ms",
+        "memory_usage_mb",
+        "cpu_usage_percent",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "error_code",
+        "user_id",
+        "tenant_id",
+        "environment",
+        "hostname",
+        "ip_address",
+        "package_version",
+        "tags",
+        "metadata",
+    }
+)
+
+
+class TraceData(msgspec.Struct, kw_only=True):
+    """A run read back from a store: its text output and its records."""
+
+    stdout: str = ""
+    stderr: str = ""
+    meta: list[Metadata] = msgspec.field(default_factory=list)
+    spans: list[Any] = msgspec.field(default_factory=list)
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id of the first record, if any."""
+        return self.meta[0].run_id if self.meta else None
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """One run as listed by a store: when it ran and how it went."""
+
+    run_id: str
+    parent_run_id: str | None = None
+    workflow_name: str | None = None
+    start: str | None = None
+    end: str | None = None
+    records: int = 0
+    warnings: int = 0
+    errors: int = 0
+
+    @property
+    def status(self) -> str:
+        """``error`` if the run logged an error, else ``ok``."""
+        return "error" if self.errors else "ok"
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from the first to the last record."""
+        if not self.start or not self.end:
+            return None
+        from datetime import datetime
+
+        try:
+            delta = datetime.fromisoformat(self.end) - datetime.fromisoformat(self.start)
+        except ValueError:
+            return None
+        return delta.total_seconds()
+
+
+PREFIX_LOGS: Final[dict[str, dict[str, str]]] = {
+    "CALLER": {"emoji": "📍", "desc": "logs from any usage from custom caller function."},
+    "STAGE": {"emoji": "⚙️", "desc": "logs from stages module."},
+    "JOB": {"emoji": "⛓️", "desc": "logs from job module."},
+    "WORKFLOW": {"emoji": "🏃", "desc": "logs from workflow module."},
+    "RELEASE": {"emoji": "📅", "desc": "logs from release workflow method."},
+    "POKING": {"emoji": "⏰", "desc": "logs from poke workflow method."},
+    "AUDIT": {"emoji": "📌", "desc": "logs from audit model."},
+}
+PREFIX_DEFAULT: Final[str] = "CALLER"
+PREFIX_LOGS_REGEX: Final[re.Pattern[str]] = re.compile(
+    rf"(^\[(?P<name>{'|'.join(PREFIX_LOGS)})]:\s?)?(?P<message>.*)",
+    re.MULTILINE | re.DOTALL | re.ASCII,
+)
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """A message split into its ``[PREFIX]: `` name and its text (seed 000)."""
+
+    name: str | None = None
+    message: str | None = None
+
+    prefixes: ClassVar[dict[str, dict[str, str]]] = PREFIX_LOGS
+
+    @classmethod
+    def from_str(cls, msg: str) -> Message:
+        """Parse ``"[WORKFLOW]: Starting"`` into ``name="WORKFLOW"``, ``message="Starting"``."""
+        match = PREFIX_LOGS_REGEX.search(msg)
+        assert match is not None  # the pattern matches any string
+        return cls(name=match.group("name"), message=match.group("message"))
+
+    def prepare(self, extras: dict[str, Any] | None = None) -> str:
+        """Render ``[NAME]: message``, led by the prefix's emoji when ``log_add_emoji``
+        (default true) is set in ``extras``."""
+        name = self.name or PREFIX_DEFAULT
+        add_emoji = (extras or {}).get("log_add_emoji", True)
+        emoji = f"{PREFIX_LOGS[name]['emoji']} " if add_emoji else ""
+        return f"{emoji}[{name}]: {self.message}"
+
+
+def render_message(message: str, add_emoji: bool) -> str:
+    """The text shown for a record: the message as logged, with the prefix's emoji in
+    front when it starts with a known ``[PREFIX]:`` and ``add_emoji`` is set."""
+    if add_emoji and message.startswith("["):
+        match = PREFIX_LOGS_REGEX.match(message)
+        if match is not None and match.group("name"):
+            return f"{PREFIX_LOGS[match.group('name')]['emoji']} {message}"
+    return message
+
+
+_encoder = msgspec.json.Encoder()
+_metadata_decoder = msgspec.json.Decoder(Metadata)
+
+#: Encode one record to JSON bytes.
+encode = _encoder.encode
+#: Encode a batch of records to newline-delimited JSON (one line each, trailing newline).
+encode_lines = _encoder.encode_lines
+
+
+def decode_metadata(data: bytes | str) -> Metadata:
+    """Decode one JSON line into a `Metadata`."""
+    return _metadata_decoder.decode(data)

@@ -1,0 +1,415 @@
+"""The front users call: `get_trace` and `Trace`.
+
+A call such as ``trace.info("...")`` builds one immutable record on the caller's thread
+(ids from the context, a cached time stamp, the caller's file and line from its frame),
+writes it to the console, and appends it to each storing handler's pipeline queue. It
+never waits on a disk or a network and never raises a handler's failure.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from flowtrail.config import ConfigError, Settings, resolve_settings
+from flowtrail.context import (
+    Pid,
+    RunContext,
+    clock_for,
+    current_run,
+    host_info,
+    make_cut_id,
+    new_run_id,
+    new_trace_id,
+)
+from flowtrail.handlers import (
+    BaseHandler,
+    ConsoleHandler,
+    SQLiteHandler,
+    check_run_id,
+    make_handler,
+)
+from flowtrail.handlers.base import PipelineConfig
+from flowtrail.pipeline import Pipeline
+from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata
+
+_getframe = sys._getframe
+_get_ident = threading.get_ident
+_replace = msgspec.structs.replace
+_basenames: dict[str, str] = {}
+
+#: Handlers that receive every record of every trace (see `flowtrail.testing`).
+_global_handlers: list[tuple[BaseHandler, ...]] = [()]
+#: The trace whose ``with`` block is active in this context (for the stdlib bridge).
+_active: contextvars.ContextVar[Trace | None] = contextvars.ContextVar(
+    "flowtrail_active_trace", default=None
+)
+#: Buffered records handed to the pipelines early once this many are held.
+_BUFFER_LIMIT = 10_000
+
+#: Keys of extras that choose handlers (seed 002/003 ``trace_type`` shortcut).
+_TRACE_TYPE_ALIASES = {"elasticsearch": "elastic", "es": "elastic", "rest": "restapi"}
+_HANDLER_KEY_ALIASES = {"es_hosts": "hosts", "index_name": "index"}
+
+
+def active_trace() -> Trace | None:
+    """The trace whose ``with get_trace(...)`` block encloses the current code, if any."""
+    return _active.get()
+
+
+def _basename(path: str) -> str:
+    name = _basenames.get(path)
+    if name is None:
+        name = _basenames[path] = os.path.basename(path)
+    return name
+
+
+def default_handlers(settings: Settings) -> list[BaseHandler]:
+    """Console plus an SQLite store at ``<log_dir>/flowtrail.db``."""
+    return [ConsoleHandler(), SQLiteHandler(path=f"{settings.log_dir}/flowtrail.db")]
+
+
+def _handlers_from_trace_type(extras: Mapping[str, Any]) -> list[BaseHandler]:
+    from flowtrail.handlers import handler_class
+
+    name = str(extras["trace_type"]).lower()
+    cls = handler_class(_TRACE_TYPE_ALIASES.get(name, name))
+    known = set(cls.Config.__struct_fields__)
+    options = {}
+    for key, value in extras.items():
+        key = _HANDLER_KEY_ALIASES.get(key, key)
+        if key in known and key != "type":
+            options[key] = value
+    return [cls(**options)]
+
+
+def _context_fields(run_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
+    fields = {key: value for key, value in extras.items() if key in CONTEXT_FIELDS}
+    if not fields:
+        return {}
+    try:
+        checked = msgspec.convert({"run_id": run_id, **fields}, Metadata, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(
+            f"flowtrail config: a record field in extras is not valid: {exc}"
+        ) from None
+    return {key: getattr(checked, key) for key in fields}
+
+
+class Trace:
+    """Log records of one run to its handlers.
+
+    ``Trace(run_id, parent_run_id, handlers=[...], extras={...})`` or, more usually,
+    `get_trace`. Use ``with get_trace(...) as trace:`` to hold records until the block
+    ends (then they are written and flushed); an exception in the block is recorded with
+    its traceback and re-raised.
+    """
+
+    def __init__(
+        self,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        *,
+        handlers: Sequence[BaseHandler | Mapping[str, Any]] | None = None,
+        extras: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        if parent_run_id is not None:
+            check_run_id(parent_run_id)
+        self.parent_run_id = parent_run_id
+        self.extras: dict[str, Any] = dict(extras or {})
+        arguments = dict(settings)
+        if handlers is not None:
+            arguments["trace_handlers"] = handlers
+        self.settings = resolve_settings(arguments, self.extras)
+        self.handlers = self._choose_handlers(handlers)
+        bound = [handler.bound(self.settings) for handler in self.handlers]
+        self._sync: tuple[BaseHandler, ...] = tuple(h for h in bound if h.synchronous)
+        self._pipes: tuple[Pipeline, ...] = tuple(
+            h.pipeline(self.settings.strict) for h in bound if not h.synchronous
+        )
+        host = host_info()
+        fields = _context_fields(self.run_id, self.extras)
+        self.trace_id: str = fields.get("trace_id") or new_trace_id()
+        self._template = Metadata(
+            run_id=self.run_id,
+            parent_run_id=parent_run_id,
+            cut_id=make_cut_id(self.run_id, parent_run_id),
+            hostname=host.hostname,
+            ip_address=host.ip_address,
+            python_version=host.python_version,
+            **{"trace_id": self.trace_id, **fields},
+        )
+        self._fields = fields
+        self._clock = clock_for(self.settings.log_tz)
+        self._min_level = LEVELS[self.settings.log_level]
+        self._layer = self.settings.logs_trace_frame_layer
+        self._buffer: list[Metadata] | None = None
+        self._tokens: list[tuple[contextvars.Token[Any], contextvars.Token[Any]]] = []
+
+    def _choose_handlers(
+        self, handlers: Sequence[BaseHandler | Mapping[str, Any]] | None
+    ) -> list[BaseHandler]:
+        if handlers is None and "trace_handlers" not in self.extras and "trace_type" in self.extras:
+            return _handlers_from_trace_type(self.extras)
+        specs: Iterable[Any] | None = self.settings.trace_handlers
+        if specs is None:
+            return default_handlers(self.settings)
+        return [make_handler(spec) for spec in specs]
+
+    def __repr__(self) -> str:
+        return f"Trace(run_id={self.run_id!r}, parent_run_id={self.parent_run_id!r})"
+
+    # ------------------------------------------------------------------ records
+    def _make(
+        self,
+        message: Any,
+        level: str,
+        depth: int,
+        exc: BaseException | None = None,
+    ) -> Metadata | None:
+        severity = LEVELS.get(level)
+        if severity is None:
+            raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
+        if severity < self._min_level:
+            return None
+        try:
+            frame = _getframe(depth + self._layer - 1)
+        except ValueError:  # the layer reaches past the outermost frame: use the outermost
+            frame = _getframe(depth)
+            while frame.f_back is not None:
+                frame = frame.f_back
+        now = self._clock.now()
+        error = severity >= 40
+        record = _replace(
+            self._template,
+            level=level,
+            message=message if message.__class__ is str else str(message),
+            error_flag=error,
+            datetime=now,
+            process=Pid.value,
+            thread=_get_ident(),
+            filename=_basename(frame.f_code.co_filename),
+            lineno=frame.f_lineno,
+            created_at=now,
+            mode="stderr" if error else "stdout",
+        )
+        context = current_run.get()
+        if context is not None and context.span_id is not None:
+            record = _replace(
+                record,
+                trace_id=context.trace_id,
+                span_id=context.span_id,
+                parent_span_id=context.parent_span_id,
+            )
+        if level == "exception" or exc is not None:
+            record = self._with_exception(record, exc)
+        return record
+
+    @staticmethod
+    def _with_exception(record: Metadata, exc: BaseException | None) -> Metadata:
+        if exc is None:
+            exc = sys.exc_info()[1]
+        if exc is None:
+            return record
+        return _replace(
+            record,
+            exception_type=type(exc).__qualname__,
+            exception_message=str(exc),
+            stack_trace="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+
+    def _submit(self, record: Metadata | None) -> None:
+        if record is None:
+            return
+        for handler in self._sync:
+            handler.write(record)
+        for handler in _global_handlers[0]:
+            handler.write(record)
+        buffer = self._buffer
+        if buffer is not None:
+            buffer.append(record)
+            if len(buffer) >= _BUFFER_LIMIT:
+                self._release_buffer()
+            return
+        for pipeline in self._pipes:
+            pipeline.submit(record)
+
+    def _release_buffer(self) -> None:
+        buffer = self._buffer
+        if buffer:
+            self._buffer = []
+            for pipeline in self._pipes:
+                pipeline.submit_many(buffer)
+
+    def _log_record(self, record: logging.LogRecord) -> None:
+        """Take a stdlib record (from `FlowtrailLogHandler`)."""
+        from flowtrail.stdlib import level_name
+
+        level = level_name(record.levelno)
+        if LEVELS[level] < self._min_level:
+            return
+        now = self._clock.now()
+        error = LEVELS[level] >= 40
+        meta = _replace(
+            self._template,
+            level=level,
+            message=record.getMessage(),
+            error_flag=error,
+            datetime=now,
+            process=record.process or Pid.value,
+            thread=record.thread or _get_ident(),
+            filename=_basename(record.pathname),
+            lineno=record.lineno,
+            created_at=now,
+            mode="stderr" if error else "stdout",
+            metadata={**self._template.metadata, "logger": record.name},
+        )
+        if record.exc_info and record.exc_info[1] is not None:
+            meta = self._with_exception(meta, record.exc_info[1])
+        self._submit(meta)
+
+    # ------------------------------------------------------------------ public API
+    def emit(self, message: Any, level: str = "info") -> None:
+        """Log ``message`` at ``level`` (debug, info, warning, error, exception)."""
+        self._submit(self._make(message, level, 2))
+
+    def debug(self, message: Any) -> None:
+        """Log at DEBUG level."""
+        self._submit(self._make(message, "debug", 2))
+
+    def info(self, message: Any) -> None:
+        """Log at INFO level."""
+        self._submit(self._make(message, "info", 2))
+
+    def warning(self, message: Any) -> None:
+        """Log at WARNING level."""
+        self._submit(self._make(message, "warning", 2))
+
+    def error(self, message: Any) -> None:
+        """Log at ERROR level (to stderr.txt and the console's stderr)."""
+        self._submit(self._make(message, "error", 2))
+
+    def exception(self, message: Any) -> None:
+        """Log at EXCEPTION level with the active exception's type, message and stack."""
+        self._submit(self._make(message, "exception", 2))
+
+    async def amit(self, message: Any, level: str = "info") -> None:
+        """Async `emit`: hands the record to the same queue and returns at once."""
+        self._submit(self._make(message, level, 2))
+
+    async def adebug(self, message: Any) -> None:
+        """Async `debug`."""
+        self._submit(self._make(message, "debug", 2))
+
+    async def ainfo(self, message: Any) -> None:
+        """Async `info`."""
+        self._submit(self._make(message, "info", 2))
+
+    async def awarning(self, message: Any) -> None:
+        """Async `warning`."""
+        self._submit(self._make(message, "warning", 2))
+
+    async def aerror(self, message: Any) -> None:
+        """Async `error`."""
+        self._submit(self._make(message, "error", 2))
+
+    async def aexception(self, message: Any) -> None:
+        """Async `exception`."""
+        self._submit(self._make(message, "exception", 2))
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every record logged so far is written (or spooled). Returns False
+        if ``timeout`` seconds passed first."""
+        self._release_buffer()
+        ok = True
+        for pipeline in self._pipes:
+            ok = pipeline.flush(timeout) and ok
+        return ok
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Flush. Workers are shared by every trace with the same handlers and stop at
+        interpreter exit (or `flowtrail.shutdown`)."""
+        return self.flush(timeout)
+
+    def pipelines(self) -> tuple[Pipeline, ...]:
+        """The pipelines this trace writes through (their ``stats`` count outcomes)."""
+        return self._pipes
+
+    # ------------------------------------------------------------------ with-block
+    def __enter__(self) -> Trace:
+        if self._buffer is None:
+            self._buffer = []
+        context = RunContext(
+            run_id=self.run_id,
+            parent_run_id=self.parent_run_id,
+            trace_id=self.trace_id,
+            fields=tuple(self._fields.items()),
+        )
+        self._tokens.append((_active.set(self), current_run.set(context)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is not None:
+                record = self._make(f"{type(exc).__qualname__}: {exc}", "exception", 2, exc)
+                self._submit(record)
+        finally:
+            self._release_buffer()
+            self._buffer = None
+            if self._tokens:
+                active_token, run_token = self._tokens.pop()
+                try:
+                    _active.reset(active_token)
+                    current_run.reset(run_token)
+                except ValueError:  # exited in another context
+                    pass
+            self.flush()
+
+
+def get_trace(
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    *,
+    handlers: Sequence[BaseHandler | Mapping[str, Any]] | None = None,
+    extras: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> Trace:
+    """A `Trace` for ``run_id``.
+
+    Handlers come from ``handlers=``, else ``extras["trace_handlers"]`` (or the
+    ``trace_type`` shortcut of seeds 002/003 with its keys in ``extras``), else the
+    ``FLOWTRAIL_TRACE_HANDLERS`` environment variable, else the config file, else console +
+    SQLite under ``./logs/``. Other settings (``log_tz``, ``log_format`` ...) may be passed
+    as keywords. Record fields such as ``workflow_name``, ``job_name``, ``user_id``,
+    ``tags`` and ``metadata`` in ``extras`` go on every record.
+    """
+    return Trace(run_id, parent_run_id, handlers=handlers, extras=extras, **settings)
+
+
+def shutdown(timeout: float | None = 30.0) -> bool:
+    """Flush every pipeline of this process and stop its workers."""
+    from flowtrail.pipeline import all_pipelines
+
+    ok = True
+    for pipeline in all_pipelines():
+        ok = pipeline.close(timeout) and ok
+    return ok
+
+
+__all__ = ["PipelineConfig", "Trace", "active_trace", "default_handlers", "get_trace", "shutdown"]
