@@ -1,0 +1,254 @@
+"""The ``flowtrail`` command line, built on the stores' readers.
+
+``flowtrail demo`` runs a built-in workflow; ``runs`` lists runs; ``show RUN_ID`` prints
+one run; ``search TEXT`` finds records. Every reading command takes ``--store URL``
+(``sqlite:///path.db``, ``file://dir``, or a path); the default is the configured store,
+else ``./logs/flowtrail.db``. Output is a rich table on a terminal and plain text when
+piped.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from flowtrail.config import ConfigError
+from flowtrail.records import ERROR_LEVELS, Metadata, RunSummary
+
+_LEVEL_STYLE = {
+    "debug": "dim",
+    "info": "",
+    "warning": "yellow",
+    "error": "bold red",
+    "exception": "bold red",
+}
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _store(url: str | None) -> Any:
+    from flowtrail.stores import open_store
+
+    try:
+        return open_store(url)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _short_time(text: str | None) -> str:
+    if not text:
+        return "-"
+    return text[:19].replace("T", " ")
+
+
+def _duration(summary: RunSummary) -> str:
+    seconds = summary.duration_s
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flowtrail")
+def main() -> None:
+    """flowtrail: trace workflow runs and read them back."""
+
+
+@main.command()
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="Where to write (default: console + ./logs/flowtrail.db).",
+)
+@click.option("--quiet", is_flag=True, help="Do not echo records to the console.")
+def demo(store_url: str | None, quiet: bool) -> None:
+    """Run a small example workflow (jobs, stages, a failure that is retried)."""
+    from flowtrail.demo import run_demo
+    from flowtrail.handlers import ConsoleHandler
+    from flowtrail.stores import open_store
+
+    handlers = None
+    if store_url or quiet:
+        store = open_store(store_url)
+        handlers = [store] if quiet else [ConsoleHandler(), store]
+    try:
+        run_id = run_demo(handlers=handlers)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    where = f" --store {store_url}" if store_url else ""
+    click.echo("")
+    click.echo(f"Demo run {run_id} finished; its records are stored.")
+    click.echo(f"  flowtrail runs{where}              # list runs")
+    click.echo(f"  flowtrail show {run_id}{where}     # read this run")
+    click.echo(f"  flowtrail search retrying{where}   # find records by text")
+
+
+@main.command()
+@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--workflow", default=None, help="Only runs of this workflow.")
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "error"]),
+    default=None,
+    help="Only runs that failed or not.",
+)
+@click.option("--limit", default=50, show_default=True, help="At most this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def runs(
+    store_url: str | None, workflow: str | None, status: str | None, limit: int, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    summaries = _store(store_url).runs(workflow=workflow, limit=None if status else limit)
+    if status:
+        summaries = [s for s in summaries if s.status == status][:limit]
+    if as_json:
+        click.echo(
+            msgspec.json.encode(
+                [
+                    {**msgspec.structs.asdict(s), "status": s.status, "duration_s": s.duration_s}
+                    for s in summaries
+                ]
+            ).decode()
+        )
+        return
+    console = _console()
+    if not summaries:
+        click.echo("No runs found.")
+        return
+    if console.is_terminal:
+        table = Table(
+            "run id", "workflow", "start (UTC)", "duration", "status", "records", "errors"
+        )
+        for s in summaries:
+            style = "red" if s.errors else "green"
+            table.add_row(
+                s.run_id,
+                s.workflow_name or "-",
+                _short_time(s.start),
+                _duration(s),
+                f"[{style}]{s.status}[/]",
+                str(s.records),
+                str(s.errors),
+            )
+        console.print(table)
+        return
+    click.echo("run_id\tworkflow\tstart\tduration\tstatus\trecords\terrors")
+    for s in summaries:
+        click.echo(
+            f"{s.run_id}\t{s.workflow_name or '-'}\t{s.start or '-'}\t{_duration(s)}\t"
+            f"{s.status}\t{s.records}\t{s.errors}"
+        )
+
+
+def _print_records(records: list[Metadata], console: Console) -> None:
+    for r in records:
+        where = " / ".join(x for x in (r.job_name, r.stage_name) if x)
+        where = f" ({where})" if where else ""
+        place = f"[{r.filename}:{r.lineno}]"
+        line = f"{_short_time(r.datetime)} {r.level.upper():<9} {r.message}{where}  {place}"
+        if console.is_terminal:
+            style = _LEVEL_STYLE.get(r.level, "")
+            console.print(line, style=style or None, markup=False)
+        else:
+            click.echo(line)
+        if r.stack_trace and r.level in ERROR_LEVELS:
+            for text in r.stack_trace.rstrip().splitlines():
+                click.echo(f"    {text}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--children/--no-children", default=True, show_default=True, help="Include child runs."
+)
+def show(run_id: str, store_url: str | None, fmt: str, children: bool) -> None:
+    """Print one run's records."""
+    store = _store(store_url)
+    try:
+        data = store.find_trace_with_id(run_id, include_children=children)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not data.meta:
+        raise click.ClickException(f"no records of run {run_id!r} in this store")
+    if fmt == "json":
+        click.echo(
+            msgspec.json.encode(
+                {"run_id": run_id, "records": data.meta, "spans": data.spans}
+            ).decode()
+        )
+        return
+    console = _console()
+    first, last = data.meta[0], data.meta[-1]
+    errors = [r for r in data.meta if r.level in ERROR_LEVELS]
+    workflow = next((r.workflow_name for r in data.meta if r.workflow_name), "-")
+    click.echo(f"Run {run_id}  workflow={workflow}  records={len(data.meta)}  errors={len(errors)}")
+    click.echo(f"From {first.datetime} to {last.datetime}")
+    click.echo("")
+    _print_records(data.meta, console)
+    if errors:
+        click.echo("")
+        click.echo(f"{len(errors)} error record(s); first: {errors[0].message}")
+
+
+@main.command()
+@click.argument("text", required=False)
+@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--run", "run_id", default=None, help="Only this run.")
+@click.option("--workflow", default=None, help="Only this workflow.")
+@click.option(
+    "--level", default=None, help="Minimum level (debug, info, warning, error, exception)."
+)
+@click.option("--since", default=None, help="ISO time, e.g. 2026-11-21T09:00:00+00:00.")
+@click.option("--until", default=None, help="ISO time.")
+@click.option("--limit", default=200, show_default=True)
+def search(
+    text: str | None,
+    store_url: str | None,
+    run_id: str | None,
+    workflow: str | None,
+    level: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> None:
+    """Find records by text and filters."""
+    try:
+        found = _store(store_url).search(
+            text,
+            run_id=run_id,
+            workflow=workflow,
+            level=level,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not found:
+        click.echo("No records found.")
+        return
+    console = _console()
+    for r in found:
+        if not console.is_terminal:
+            click.echo(f"{r.run_id}\t{r.datetime}\t{r.level}\t{r.message}")
+        else:
+            console.print(
+                f"[bold]{r.run_id}[/] {_short_time(r.datetime)} {r.level.upper():<9} ", end=""
+            )
+            console.print(r.message, markup=False, style=_LEVEL_STYLE.get(r.level) or None)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""A small built-in workflow for ``flowtrail demo``: three jobs of a few stages, one stage
+that fails once and is retried, one that is slow, traced to the configured (by default
+console + SQLite) handlers."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowtrail.context import new_run_id
+from flowtrail.trace import Trace, get_trace
+
+
+class TransientError(RuntimeError):
+    """A failure that goes away when the stage is tried again."""
+
+
+def _stage(
+    run_id: str,
+    base: Mapping[str, Any],
+    job: str,
+    stage: str,
+    work: Callable[[Trace, int], None],
+    *,
+    retries: int = 0,
+    handlers: Any = None,
+) -> None:
+    extras = {**base, "job_name": job, "stage_name": stage}
+    trace = get_trace(run_id, handlers=handlers, extras=extras)
+    for attempt in range(1, retries + 2):
+        started = time.perf_counter()
+        trace.info(f"[STAGE]: start {stage} (attempt {attempt})")
+        try:
+            work(trace, attempt)
+        except TransientError:
+            trace.exception(f"[STAGE]: {stage} failed on attempt {attempt}; retrying")
+            continue
+        elapsed = (time.perf_counter() - started) * 1000
+        trace.info(f"[STAGE]: end {stage} in {elapsed:.1f} ms")
+        return
+    raise RuntimeError(f"stage {stage} failed after {retries + 1} attempts")
+
+
+def _connect(trace: Trace, attempt: int) -> None:
+    trace.debug("opening connection to the source bucket")
+    time.sleep(0.02)
+
+
+def _download(trace: Trace, attempt: int) -> None:
+    for part in range(3):
+        trace.info(f"downloaded part {part + 1}/3 ({random.randint(900, 1100)} rows)")
+        time.sleep(0.01)
+
+
+def _validate(trace: Trace, attempt: int) -> None:
+    trace.info("checking schema of 3,012 rows")
+    if attempt == 1:
+        raise TransientError("schema registry timed out after 5.0 s")
+    trace.info("schema ok")
+
+
+def _clean(trace: Trace, attempt: int) -> None:
+    trace.warning("dropped 12 rows with a null customer id")
+    time.sleep(0.01)
+
+
+def _train(trace: Trace, attempt: int) -> None:
+    for epoch in range(1, 4):
+        time.sleep(0.08)
+        trace.info(f"epoch {epoch}: loss={1.0 / (epoch + 1):.3f}")
+
+
+def _write(trace: Trace, attempt: int) -> None:
+    trace.info("wrote 3,000 rows to warehouse.sales")
+
+
+def run_demo(*, handlers: Any = None, run_id: str | None = None) -> str:
+    """Run the demo workflow; return its run id."""
+    run_id = run_id or new_run_id("demo")
+    base = {"workflow_name": "demo-etl", "environment": "demo", "tags": ["demo", "etl"]}
+    workflow = get_trace(run_id, handlers=handlers, extras=base)
+    workflow.info("[WORKFLOW]: start demo-etl")
+    plan = [
+        ("extract", "connect", _connect, 0),
+        ("extract", "download", _download, 0),
+        ("transform", "validate", _validate, 2),
+        ("transform", "clean", _clean, 0),
+        ("train", "fit-model", _train, 0),
+        ("load", "write", _write, 0),
+    ]
+    current_job = None
+    for job, stage, work, retries in plan:
+        if job != current_job:
+            get_trace(run_id, handlers=handlers, extras={**base, "job_name": job}).info(
+                f"[JOB]: start {job}"
+            )
+            current_job = job
+        _stage(run_id, base, job, stage, work, retries=retries, handlers=handlers)
+    workflow.info("[WORKFLOW]: demo-etl finished")
+    workflow.flush()
+    return run_id

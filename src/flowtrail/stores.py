@@ -1,0 +1,50 @@
+"""Open a store for reading by URL: ``sqlite:///path/to.db``, ``file://dir`` or a plain
+path (a ``.db``/``.sqlite`` file or a directory of ``run_id=...`` folders). With no URL, the
+first storing handler of the configuration, else the default SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowtrail.config import ConfigError, resolve_settings
+from flowtrail.handlers import FileHandler, SQLiteHandler, make_handler
+from flowtrail.handlers.base import StoreReader
+
+
+def open_store(url: str | None = None) -> StoreReader:
+    """A reader for ``url``, or for the configured (else default) store."""
+    if url:
+        return _from_url(url)
+    settings = resolve_settings()
+    for spec in settings.trace_handlers or ():
+        handler = make_handler(spec)
+        if isinstance(handler, StoreReader):
+            return handler
+    return SQLiteHandler(path=f"{settings.log_dir}/flowtrail.db")
+
+
+def _from_url(url: str) -> StoreReader:
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        path = rest[1:] if rest.startswith("/") and not rest.startswith("//") else rest
+        if rest.startswith("//"):
+            path = rest[1:]
+        table = "traces"
+        if "?" in path:
+            path, _, query = path.partition("?")
+            for pair in query.split("&"):
+                key, _, value = pair.partition("=")
+                if key == "table":
+                    table = value
+        return SQLiteHandler(path=path or "./logs/flowtrail.db", table_name=table)
+    if url.startswith("file://"):
+        return FileHandler(path=url[len("file://") :] or "./logs/traces")
+    if "://" in url:
+        raise ConfigError(
+            f"flowtrail: store URL {url!r} is not supported here; use sqlite:///path/to.db, "
+            "file://dir, or a path"
+        )
+    path = Path(url)
+    if path.suffix in (".db", ".sqlite", ".sqlite3") or path.is_file():
+        return SQLiteHandler(path=url)
+    return FileHandler(path=url)
