@@ -20,6 +20,7 @@ import difflib
 import os
 import sys
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -126,11 +127,25 @@ def _parse_env_value(key: str, raw: str) -> Any:
     return raw
 
 
+def _flowtrail_environ() -> list[tuple[str, str]]:
+    # os.environ decodes every key on iteration; its raw dict lets a scan for our prefix
+    # cost a few microseconds per get_trace instead of tens.
+    raw = getattr(os.environ, "_data", None)
+    if isinstance(raw, dict):
+        prefix = ENV_PREFIX.encode()
+        return [
+            (os.fsdecode(key), os.fsdecode(value))
+            for key, value in raw.items()
+            if isinstance(key, bytes) and key.startswith(prefix)
+        ]
+    return [(k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)]
+
+
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings given as ``FLOWTRAIL_*`` environment variables."""
-    env = os.environ if environ is None else environ
+    items = _flowtrail_environ() if environ is None else list(environ.items())
     found: dict[str, Any] = {}
-    for name, raw in env.items():
+    for name, raw in items:
         if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
             continue
         key = name[len(ENV_PREFIX) :].lower()
@@ -260,6 +275,7 @@ def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
         raise fail("exit_timeout", "must not be negative")
 
 
+@lru_cache(maxsize=1024)
 def check_extras_key(key: str) -> None:
     """Extras may hold anything, but a near-miss of a setting name is almost surely a
     typo: refuse it rather than silently ignore it."""
@@ -285,11 +301,35 @@ def resolve_settings(
         else:
             check_extras_key(key)
     file_values, file_path = read_config_file()
-    return validate_settings(
+    env_values = read_env()
+    key = None
+    if "trace_handlers" not in arguments and "trace_handlers" not in from_extras:
+        try:
+            key = (
+                tuple(sorted(arguments.items())),
+                tuple(sorted(from_extras.items())),
+                tuple(sorted((k, str(v)) for k, v in env_values.items())),
+                file_path,
+                msgspec.json.encode(file_values),
+            )
+            hash(key)
+        except TypeError:
+            key = None
+    if key is not None and (cached := _settings_cache.get(key)) is not None:
+        return cached
+    settings = validate_settings(
         [
             ("the arguments", arguments),
             ("extras", from_extras),
-            ("the environment", read_env()),
+            ("the environment", env_values),
             (file_path or "the config file", file_values),
         ]
     )
+    if key is not None:
+        if len(_settings_cache) > 256:
+            _settings_cache.clear()
+        _settings_cache[key] = settings
+    return settings
+
+
+_settings_cache: dict[Any, Settings] = {}

@@ -126,6 +126,10 @@ class Pipeline:
         self.strict = strict
         self.stats = PipelineStats()
         self.spool = Spool(options.spool_dir)
+        # Read on every submit: plain attributes, and a strict pipeline's limit of 0
+        # sends every record down the slow path.
+        self._limit = 0 if strict else options.queue_size
+        self._batch_size = options.batch_size
         self._init_runtime()
         _all_pipelines.add(self)
 
@@ -143,18 +147,21 @@ class Pipeline:
     def submit(self, record: Any) -> None:
         """Hand one record in. Never blocks (unless ``overflow="block"``), never raises
         (unless ``strict``)."""
-        if self.strict:
-            self._export_strict([record])
-            return
         queue = self._queue
-        if len(queue) >= self.options.queue_size:
-            self._overflow(record)
+        if len(queue) >= self._limit:
+            self._submit_slow(record)
             return
         queue.append(record)
         if self._worker is None:
             self._start()
-        if len(queue) % self.options.batch_size == 0:
+        if len(queue) % self._batch_size == 0:
             self._wake.set()
+
+    def _submit_slow(self, record: Any) -> None:
+        if self.strict:
+            self._export_strict([record])
+        else:
+            self._overflow(record)
 
     def submit_many(self, records: Sequence[Any]) -> None:
         """Hand several records in, in order."""

@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
@@ -75,7 +76,40 @@ def _basename(path: str) -> str:
 
 def default_handlers(settings: Settings) -> list[BaseHandler]:
     """Console plus an SQLite store at ``<log_dir>/flowtrail.db``."""
-    return [ConsoleHandler(), SQLiteHandler(path=f"{settings.log_dir}/flowtrail.db")]
+    return list(_default_handlers(settings.log_dir))
+
+
+@lru_cache(maxsize=32)
+def _default_handlers(log_dir: str) -> tuple[BaseHandler, ...]:
+    return (ConsoleHandler(), SQLiteHandler(path=f"{log_dir}/flowtrail.db"))
+
+
+_bound_cache: dict[Any, BaseHandler] = {}
+
+
+def _bind(handler: BaseHandler, settings: Settings) -> BaseHandler:
+    """``handler.bound(settings)``, cached: a get_trace per stage should not rebuild the
+    same handlers each time."""
+    try:
+        key = (
+            type(handler),
+            handler.config,
+            settings.log_format,
+            settings.log_format_file,
+            settings.log_datetime_format,
+            settings.log_add_emoji,
+            settings.log_dir,
+        )
+        bound = _bound_cache.get(key)
+    except TypeError:  # a config with unhashable values
+        return handler.bound(settings)
+    if bound is None:
+        bound = handler.bound(settings)
+        if bound is not handler:  # a handler bound to itself (memory) must stay itself
+            if len(_bound_cache) > 512:
+                _bound_cache.clear()
+            _bound_cache[key] = bound
+    return bound
 
 
 def _handlers_from_trace_type(extras: Mapping[str, Any]) -> list[BaseHandler]:
@@ -103,6 +137,69 @@ def _context_fields(run_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
             f"flowtrail config: a record field in extras is not valid: {exc}"
         ) from None
     return {key: getattr(checked, key) for key in fields}
+
+
+def _level_method(level: str) -> Any:
+    """The method logging at ``level``: the hot path, written out once for each level so
+    that a call is one frame deep and passes no level argument."""
+    severity = LEVELS[level]
+    error = severity >= 40
+    mode = "stderr" if error else "stdout"
+    wants_exception = level == "exception"
+    get_context = current_run.get
+    globals_ = _global_handlers
+
+    def method(self: Trace, message: Any) -> None:
+        if severity < self._min_level:
+            return
+        try:
+            frame = _getframe(self._layer)
+        except ValueError:
+            frame = _outermost_frame()
+        code_file = frame.f_code.co_filename
+        now = self._clock.now()
+        record = _replace(
+            self._template,
+            level=level,
+            message=message if message.__class__ is str else str(message),
+            error_flag=error,
+            datetime=now,
+            process=Pid.value,
+            thread=_get_ident(),
+            filename=_basenames.get(code_file) or _basename(code_file),
+            lineno=frame.f_lineno,
+            created_at=now,
+            mode=mode,
+        )
+        context = get_context()
+        if context is not None and context.span_id is not None:
+            record = _replace(
+                record,
+                trace_id=context.trace_id,
+                span_id=context.span_id,
+                parent_span_id=context.parent_span_id,
+            )
+        if wants_exception:
+            record = self._with_exception(record, None)
+        if self._direct and not globals_[0]:
+            for pipeline in self._pipes:
+                pipeline.submit(record)
+        else:
+            self._submit(record)
+
+    method.__name__ = method.__qualname__ = level
+    method.__doc__ = (
+        f"Log ``message`` at {level.upper()} level"
+        + (" with the active exception's type, message and stack." if wants_exception else ".")
+    )
+    return method
+
+
+def _outermost_frame() -> Any:
+    frame = _getframe(1)
+    while frame.f_back is not None:
+        frame = frame.f_back
+    return frame
 
 
 class Trace:
@@ -133,7 +230,7 @@ class Trace:
             arguments["trace_handlers"] = handlers
         self.settings = resolve_settings(arguments, self.extras)
         self.handlers = self._choose_handlers(handlers)
-        bound = [handler.bound(self.settings) for handler in self.handlers]
+        bound = [_bind(handler, self.settings) for handler in self.handlers]
         self._sync: tuple[BaseHandler, ...] = tuple(h for h in bound if h.synchronous)
         self._pipes: tuple[Pipeline, ...] = tuple(
             h.pipeline(self.settings.strict) for h in bound if not h.synchronous
@@ -155,6 +252,8 @@ class Trace:
         self._min_level = LEVELS[self.settings.log_level]
         self._layer = self.settings.logs_trace_frame_layer
         self._buffer: list[Metadata] | None = None
+        #: True while records can go straight to the pipelines (no console, no buffer).
+        self._direct = not self._sync
         self._tokens: list[tuple[contextvars.Token[Any], contextvars.Token[Any]]] = []
 
     def _choose_handlers(
@@ -284,25 +383,11 @@ class Trace:
         """Log ``message`` at ``level`` (debug, info, warning, error, exception)."""
         self._submit(self._make(message, level, 2))
 
-    def debug(self, message: Any) -> None:
-        """Log at DEBUG level."""
-        self._submit(self._make(message, "debug", 2))
-
-    def info(self, message: Any) -> None:
-        """Log at INFO level."""
-        self._submit(self._make(message, "info", 2))
-
-    def warning(self, message: Any) -> None:
-        """Log at WARNING level."""
-        self._submit(self._make(message, "warning", 2))
-
-    def error(self, message: Any) -> None:
-        """Log at ERROR level (to stderr.txt and the console's stderr)."""
-        self._submit(self._make(message, "error", 2))
-
-    def exception(self, message: Any) -> None:
-        """Log at EXCEPTION level with the active exception's type, message and stack."""
-        self._submit(self._make(message, "exception", 2))
+    debug = _level_method("debug")
+    info = _level_method("info")
+    warning = _level_method("warning")
+    error = _level_method("error")
+    exception = _level_method("exception")
 
     async def amit(self, message: Any, level: str = "info") -> None:
         """Async `emit`: hands the record to the same queue and returns at once."""
@@ -350,6 +435,7 @@ class Trace:
     def __enter__(self) -> Trace:
         if self._buffer is None:
             self._buffer = []
+            self._direct = False
         context = RunContext(
             run_id=self.run_id,
             parent_run_id=self.parent_run_id,
@@ -372,6 +458,7 @@ class Trace:
         finally:
             self._release_buffer()
             self._buffer = None
+            self._direct = not self._sync
             if self._tokens:
                 active_token, run_token = self._tokens.pop()
                 try:

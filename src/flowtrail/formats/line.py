@@ -26,32 +26,25 @@ class LineFormatError(ValueError):
 
 
 class _DatetimeText:
-    """Renders the ISO ``datetime`` string of a record with a strftime format, caching
-    one text per second (and zone offset) unless the format shows sub-seconds."""
+    """Renders the ISO ``datetime`` string of a record with a strftime format. Unless the
+    format shows sub-seconds or the zone, one text per second is cached in ``cache``,
+    keyed by the first 19 characters of the ISO string."""
 
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
-        self.per_second = "%f" not in fmt
+        self.per_second = not any(code in fmt for code in ("%f", "%z", "%Z", "%:z"))
         self.cache: dict[str, str] = {}
 
     def __call__(self, iso: str) -> str:
-        if not self.per_second:
-            return _dt.datetime.fromisoformat(iso).strftime(self.fmt)
-        key = iso[:19] + iso[26:]
-        text = self.cache.get(key)
-        if text is None:
+        try:
+            text = _dt.datetime.fromisoformat(iso).strftime(self.fmt)
+        except ValueError:
+            text = iso
+        if self.per_second:
             if len(self.cache) > 4096:
                 self.cache.clear()
-            try:
-                text = _dt.datetime.fromisoformat(iso).strftime(self.fmt)
-            except ValueError:
-                text = iso
-            self.cache[key] = text
+            self.cache[iso[:19]] = text
         return text
-
-
-def _blank_none(value: Any) -> Any:
-    return "" if value is None else value
 
 
 @lru_cache(maxsize=256)
@@ -66,7 +59,7 @@ def compile_line_format(
         parts = list(string.Formatter().parse(fmt))
     except ValueError as exc:
         raise LineFormatError(f"{fmt!r} is not a valid format: {exc}") from None
-    env: dict[str, Any] = {"_msg": render_message, "_o": _blank_none, "_emoji": add_emoji}
+    env: dict[str, Any] = {"_msg": render_message}
     pieces: list[str] = []
     for index, (literal, field, spec, conversion) in enumerate(parts):
         if literal:
@@ -82,12 +75,19 @@ def compile_line_format(
         if conversion not in _CONVERSIONS or (spec and "{" in spec):
             raise LineFormatError(f"{fmt!r}: nested or unknown conversion in {{{field}}}")
         if field == "datetime":
-            env[f"_D{index}"] = _DatetimeText(spec or datetime_format)
-            expr, spec = f"_D{index}(r.datetime)", ""
+            render = env[f"_D{index}"] = _DatetimeText(spec or datetime_format)
+            if render.per_second:
+                env[f"_DC{index}"] = render.cache
+                expr = f"(_DC{index}.get(r.datetime[:19]) or _D{index}(r.datetime))"
+            else:
+                expr = f"_D{index}(r.datetime)"
+            spec = ""
         elif field == "message":
-            expr = "_msg(r.message, _emoji)"
+            expr = '(r.message if r.message[:1] != "[" else _msg(r.message, True))'
+            if not add_emoji:
+                expr = "r.message"
         elif field in _OPTIONAL:
-            expr = f"_o(r.{field})"
+            expr = f'("" if r.{field} is None else r.{field})'
         else:
             expr = f"r.{field}"
         conv = f"!{conversion}" if conversion else ""
@@ -97,7 +97,7 @@ def compile_line_format(
         else:
             pieces.append(f"{{{expr}{conv}}}")
     # Only validated field names and generated identifiers reach the source text.
-    source = 'def line(r):\n    return f"' + "".join(pieces) + '"\n'
+    source = "def line(r):\n    return f'''" + "".join(pieces) + "'''\n"
     exec(compile(source, "<flowtrail line format>", "exec"), env)
     func: Callable[[Metadata], str] = env["line"]
     try:

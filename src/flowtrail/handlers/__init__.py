@@ -6,6 +6,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from flowtrail.config import ConfigError
 from flowtrail.handlers.base import BaseHandler, check_run_id
 from flowtrail.handlers.console import ConsoleHandler
@@ -50,9 +52,25 @@ def make_handler(spec: BaseHandler | Mapping[str, Any]) -> BaseHandler:
             f"flowtrail config: handler {dict(spec)!r} has no 'type'; "
             f"use one of: {', '.join(sorted(HANDLER_TYPES))}"
         )
+    try:
+        key = msgspec.json.encode(spec, order="deterministic")
+    except (TypeError, msgspec.EncodeError):
+        key = None
+    if key is not None and (cached := _from_dicts.get(key)) is not None:
+        return cached
     options = dict(spec)
     cls = handler_class(options.pop("type"))
-    return cls(**options)
+    handler = cls(**options)
+    if key is not None and cls.type != "memory":
+        if len(_from_dicts) > 256:
+            _from_dicts.clear()
+        _from_dicts[key] = handler
+    return handler
+
+
+#: Handlers made from dicts, by their JSON: configs are immutable, so equal dicts can
+#: share one handler object.
+_from_dicts: dict[bytes, BaseHandler] = {}
 
 
 __all__ = [

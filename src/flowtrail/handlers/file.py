@@ -82,6 +82,8 @@ class FileHandler(BaseHandler, StoreReader):
     def run_dir(self, run_id: str) -> Path:
         """The directory of one run; refuses run ids that would leave the base."""
         check_run_id(run_id)
+        if len(f"run_id={run_id}".encode(errors="surrogateescape")) > 255:
+            raise ValueError(f"run id {run_id!r} is too long for a folder name (255 bytes)")
         base = self.base.resolve()
         folder = (base / f"run_id={run_id}").resolve()
         if folder.parent != base:
@@ -204,7 +206,12 @@ class FileHandler(BaseHandler, StoreReader):
                 try:
                     records.append(decode(raw))
                 except (msgspec.DecodeError, msgspec.ValidationError):
-                    continue  # a torn line of a killed writer
+                    # A writer killed mid-line leaves a fragment without a newline; the
+                    # next writer's first record is glued to it. Outside JSON strings
+                    # '{"' only starts an object, so try each as the record's start.
+                    record = _after_torn_fragment(raw, decode)
+                    if record is not None:
+                        records.append(record)
         return records
 
     def _read_spans(self, folder: Path) -> list[Any]:
@@ -307,6 +314,16 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def _after_torn_fragment(raw: bytes, decode: Any) -> Any:
+    start = raw.find(b'{"', 1)
+    while start != -1:
+        try:
+            return decode(raw[start:])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            start = raw.find(b'{"', start + 1)
+    return None
 
 
 def _first_record(path: Path) -> Metadata | None:

@@ -126,6 +126,8 @@ class SQLiteHandler(BaseHandler, StoreReader):
             check_same_thread=False,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+        conn.execute("PRAGMA page_size = 16384")  # only takes effect on a new database
+        conn.execute("PRAGMA cache_size = -16384")
         try:
             conn.execute("PRAGMA journal_mode = WAL")
         except sqlite3.OperationalError:
@@ -141,12 +143,15 @@ class SQLiteHandler(BaseHandler, StoreReader):
         )
         statements = [
             f"CREATE TABLE IF NOT EXISTS {table} (\n"
-            f"    id INTEGER PRIMARY KEY AUTOINCREMENT,\n    {columns}\n)",
+            f"    id INTEGER PRIMARY KEY,\n    {columns}\n)",
+            # Each index costs as much per insert as the row itself, so only the lookups
+            # the readers make on large stores are indexed: a run's records, child runs
+            # and error records (partial indexes cost nothing for other rows).
             f"CREATE INDEX IF NOT EXISTS {table}_run ON {table} (run_id, id)",
-            f"CREATE INDEX IF NOT EXISTS {table}_parent ON {table} (parent_run_id)",
-            f"CREATE INDEX IF NOT EXISTS {table}_workflow ON {table} (workflow_name, datetime)",
-            f"CREATE INDEX IF NOT EXISTS {table}_datetime ON {table} (datetime)",
-            f"CREATE INDEX IF NOT EXISTS {table}_level ON {table} (level, datetime)",
+            f"CREATE INDEX IF NOT EXISTS {table}_parent ON {table} (parent_run_id) "
+            "WHERE parent_run_id IS NOT NULL",
+            f"CREATE INDEX IF NOT EXISTS {table}_errors ON {table} (run_id, level) "
+            "WHERE error_flag",
         ]
         for attempt in range(50):
             try:
@@ -162,20 +167,27 @@ class SQLiteHandler(BaseHandler, StoreReader):
         conn = self.__dict__.get("_conn")
         if conn is None:
             conn = self.__dict__["_conn"] = self._connect()
-            names = ", ".join(METADATA_FIELDS)
-            marks = ", ".join("?" for _ in METADATA_FIELDS)
-            self.__dict__["_insert"] = f"INSERT INTO {self.table} ({names}) VALUES ({marks})"
+            self.__dict__["_inserts"] = {}
         return conn
+
+    def _insert_sql(self, columns: tuple[int, ...]) -> str:
+        cache: dict[tuple[int, ...], str] = self.__dict__["_inserts"]
+        sql = cache.get(columns)
+        if sql is None:
+            names = ", ".join(METADATA_FIELDS[i] for i in columns)
+            marks = ", ".join("?" for _ in columns)
+            sql = cache[columns] = f"INSERT INTO {self.table} ({names}) VALUES ({marks})"
+        return sql
 
     # ------------------------------------------------------------------ writing
     def export(self, batch: Sequence[Any]) -> None:
         conn = self._writer()
-        rows = [_row(record) for record in batch if record.__class__ is Metadata]
+        columns, rows = _columns_and_rows(batch)
         if not rows:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(self.__dict__["_insert"], rows)
+            conn.executemany(self._insert_sql(columns), rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -327,14 +339,31 @@ _TAGS = METADATA_FIELDS.index("tags")
 _META = METADATA_FIELDS.index("metadata")
 
 
-def _row(record: Metadata) -> tuple[Any, ...]:
-    row = _ASTUPLE(record)
-    tags, meta = row[_TAGS], row[_META]
-    if not tags and not meta:
-        return row[:_TAGS] + ("[]", "{}") + row[_META + 1 :]
-    return (
-        row[:_TAGS] + (_json_encode(tags).decode(), _json_encode(meta).decode()) + row[_META + 1 :]
-    )
+def _json_column(values: tuple[Any, ...], empty: str) -> tuple[str, ...]:
+    # Records of one trace share the same tags list and metadata dict objects: encode
+    # each distinct object once per batch.
+    texts: dict[int, str] = {}
+    out = []
+    for value in values:
+        text = texts.get(id(value))
+        if text is None:
+            text = texts[id(value)] = _json_encode(value).decode() if value else empty
+        out.append(text)
+    return tuple(out)
+
+
+def _columns_and_rows(batch: Sequence[Any]) -> tuple[tuple[int, ...], list[tuple[Any, ...]]]:
+    """The rows of a batch's log records, column-wise: columns that are NULL in every
+    row are left out of the INSERT (they default to NULL), which saves binding them."""
+    records = [_ASTUPLE(r) for r in batch if r.__class__ is Metadata]
+    if not records:
+        return (), []
+    count = len(records)
+    columns = list(zip(*records, strict=True))
+    columns[_TAGS] = _json_column(columns[_TAGS], "[]")
+    columns[_META] = _json_column(columns[_META], "{}")
+    keep = tuple(i for i, column in enumerate(columns) if column.count(None) != count)
+    return keep, list(zip(*(columns[i] for i in keep), strict=True))
 
 
 def _record(row: Sequence[Any]) -> Metadata:
