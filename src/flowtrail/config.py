@@ -71,6 +71,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     strict: bool = False
     #: Seconds that flushing at interpreter exit may take before the rest is spooled.
     exit_timeout: float = 10.0
+    #: Fraction of traces recorded in full (decided from the trace id, so every process
+    #: of a trace agrees); the others keep warnings, errors and the spans on the path to
+    #: an error. 1.0 (the default) records everything.
+    sample_ratio: float = 1.0
 
 
 SETTING_KEYS: Final[tuple[str, ...]] = Settings.__struct_fields__
@@ -86,6 +90,7 @@ _ACCEPTED: Final[dict[str, str]] = {
     "log_dir": "a directory path",
     "strict": "true or false",
     "exit_timeout": "a number of seconds >= 0",
+    "sample_ratio": "a number from 0.0 to 1.0",
 }
 
 
@@ -273,6 +278,8 @@ def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
         raise fail("logs_trace_frame_layer", "must be at least 1")
     if settings.exit_timeout < 0:
         raise fail("exit_timeout", "must not be negative")
+    if not 0.0 <= settings.sample_ratio <= 1.0:
+        raise fail("sample_ratio", "must be between 0 and 1")
 
 
 @lru_cache(maxsize=1024)

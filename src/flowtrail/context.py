@@ -134,9 +134,129 @@ class RunContext:
     span_id: str | None = None
     parent_span_id: str | None = None
     fields: tuple[tuple[str, Any], ...] = ()
+    #: The open span (`flowtrail.spans.LiveSpan`) that records in this context belong to.
+    live: Any = None
+    #: Whether this trace is sampled (records everything) or keeps only what matters.
+    sampled: bool = True
+    #: W3C baggage entries carried with the context.
+    baggage: tuple[tuple[str, str], ...] = ()
+    #: Record fields the open span sets on records written inside it (its ids, and the
+    #: job or stage it names).
+    overrides: Any = None
 
 
 #: The run (and span) active in this thread or task; set by `Trace` and spans.
 current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
     "flowtrail_current_run", default=None
 )
+
+
+# ---------------------------------------------------------------- W3C trace context
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class TraceParent:
+    """A parsed W3C ``traceparent`` header: ``00-<trace id>-<parent span id>-<flags>``."""
+
+    trace_id: str
+    span_id: str
+    flags: int = 1
+
+    @property
+    def sampled(self) -> bool:
+        """The sampled flag of the header."""
+        return bool(self.flags & 1)
+
+    def header(self) -> str:
+        """The header text."""
+        return f"00-{self.trace_id}-{self.span_id}-{self.flags:02x}"
+
+
+def _is_hex(text: str, size: int) -> bool:
+    return len(text) == size and set(text) <= _HEX and text != "0" * size
+
+
+def parse_traceparent(value: str | None) -> TraceParent | None:
+    """Parse a ``traceparent`` header; None (never an exception) when it is invalid."""
+    if not value or not isinstance(value, str):
+        return None
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4:
+        return None
+    version, trace_id, span_id, flags = parts[:4]
+    if len(version) != 2 or not set(version) <= _HEX or version == "ff":
+        return None
+    if version == "00" and len(parts) != 4:
+        return None
+    if not _is_hex(trace_id, 32) or not _is_hex(span_id, 16):
+        return None
+    if len(flags) != 2 or not set(flags) <= _HEX:
+        return None
+    return TraceParent(trace_id, span_id, int(flags, 16))
+
+
+def format_baggage(entries: Any) -> str:
+    """A W3C ``baggage`` header from ``(key, value)`` pairs or a mapping."""
+    from urllib.parse import quote
+
+    items = entries.items() if hasattr(entries, "items") else entries
+    return ",".join(f"{quote(str(k), safe='')}={quote(str(v), safe='')}" for k, v in items)
+
+
+def parse_baggage(value: str | None) -> tuple[tuple[str, str], ...]:
+    """Parse a ``baggage`` header into pairs, skipping malformed members."""
+    from urllib.parse import unquote
+
+    if not value or not isinstance(value, str):
+        return ()
+    pairs = []
+    for member in value.split(","):
+        member = member.split(";", 1)[0].strip()
+        if "=" not in member:
+            continue
+        key, _, val = member.partition("=")
+        key = unquote(key.strip())
+        if key:
+            pairs.append((key, unquote(val.strip())))
+    return tuple(pairs)
+
+
+def sample_decision(trace_id: str, ratio: float) -> bool:
+    """Whether a trace is sampled at ``ratio``: decided from the trace id alone (its low
+    64 bits against the ratio), so every process of one trace agrees."""
+    if ratio >= 1.0:
+        return True
+    if ratio <= 0.0:
+        return False
+    try:
+        low = int(trace_id[-16:], 16)
+    except ValueError:
+        return True
+    return low < int(ratio * (1 << 64))
+
+
+# ---------------------------------------------------------------- resource use
+class Memory:
+    """Resident memory of this process from ``/proc/self/statm`` through one descriptor
+    kept open (a ``pread`` per reading); None where /proc is missing."""
+
+    _fd: int | None = None
+    _pid: int = -1
+    _page_mb: float = os.sysconf("SC_PAGE_SIZE") / 1048576 if hasattr(os, "sysconf") else 0.004
+
+    @classmethod
+    def rss_mb(cls) -> float | None:
+        """Resident set size in MiB."""
+        if cls._pid != Pid.value:
+            cls._pid = Pid.value
+            try:
+                cls._fd = os.open("/proc/self/statm", os.O_RDONLY)
+            except OSError:
+                cls._fd = None
+        if cls._fd is None:
+            return None
+        try:
+            return int(os.pread(cls._fd, 64, 0).split()[1]) * cls._page_mb
+        except (OSError, ValueError, IndexError):
+            return None

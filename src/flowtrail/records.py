@@ -207,6 +207,67 @@ def render_message(message: str, add_emoji: bool) -> str:
     return message
 
 
+class SpanEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """Something that happened inside a span: a log line, an exception, a marker."""
+
+    name: str
+    time: str
+    time_ns: int = 0
+    level: str | None = None
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Span(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """A finished span: one workflow, job, stage or node execution.
+
+    Ids are W3C sizes in lowercase hex: ``trace_id`` 32 digits, ``span_id`` 16. Times are
+    ISO-8601 strings (``start_time``/``end_time``) and nanoseconds since the epoch
+    (``start_ns``/``end_ns``). ``status`` is ``ok`` or ``error``; an exception is recorded
+    as an ``exception`` event. Resource use is measured over the span: CPU time and CPU
+    percent of the process, resident memory at start and end.
+    """
+
+    run_id: str
+    trace_id: str
+    span_id: str
+    name: str
+    kind: str = "internal"
+    parent_span_id: str | None = None
+    parent_run_id: str | None = None
+    start_time: str = ""
+    end_time: str = ""
+    start_ns: int = 0
+    end_ns: int = 0
+    duration_ms: float = 0.0
+    status: Literal["ok", "error", "unset"] = "ok"
+    status_message: str | None = None
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+    events: list[SpanEvent] = msgspec.field(default_factory=list)
+    workflow_name: str | None = None
+    job_name: str | None = None
+    stage_name: str | None = None
+    cpu_time_ms: float | None = None
+    cpu_percent: float | None = None
+    memory_start_mb: float | None = None
+    memory_end_mb: float | None = None
+    process: int = 0
+    thread: int = 0
+    hostname: str | None = None
+    sampled: bool = True
+
+    #: Spool files of spans are kept apart from log records.
+    spool_kind: ClassVar[str] = "span"
+
+    @property
+    def is_error(self) -> bool:
+        """Whether the span ended in error."""
+        return self.status == "error"
+
+
+#: Field names of `Span`, in column order.
+SPAN_FIELDS: Final[tuple[str, ...]] = Span.__struct_fields__
+
+
 _encoder = msgspec.json.Encoder()
 _metadata_decoder = msgspec.json.Decoder(Metadata)
 
@@ -219,3 +280,11 @@ encode_lines = _encoder.encode_lines
 def decode_metadata(data: bytes | str) -> Metadata:
     """Decode one JSON line into a `Metadata`."""
     return _metadata_decoder.decode(data)
+
+
+_span_decoder = msgspec.json.Decoder(Span)
+
+
+def decode_span(data: bytes | str) -> Span:
+    """Decode one JSON line into a `Span`."""
+    return _span_decoder.decode(data)

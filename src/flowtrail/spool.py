@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flowtrail.records import Metadata, decode_metadata, encode_lines
+from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines
 
 #: Record kinds a spool file can hold, and how to decode one line of each.
-DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata}
+DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata, "span": decode_span}
 
 
 def kind_of(record: Any) -> str:

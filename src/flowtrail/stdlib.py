@@ -27,6 +27,14 @@ _LEVEL_NAMES = {
 
 #: Loggers whose records never reach flowtrail (flowtrail's own HTTP clients).
 IGNORED_LOGGERS = ("httpx", "httpcore", "urllib3", "botocore", "flowtrail")
+_IGNORED_CHILDREN = tuple(f"{name}." for name in IGNORED_LOGGERS)
+
+
+def is_ignored_logger(name: str) -> bool:
+    """Whether records of logger ``name`` must never reach flowtrail: one of
+    `IGNORED_LOGGERS` or a child of one (``httpx._client``), not a look-alike
+    (``httpxtra``)."""
+    return name in IGNORED_LOGGERS or name.startswith(_IGNORED_CHILDREN)
 
 
 def level_name(levelno: int) -> str:
@@ -118,7 +126,7 @@ class FlowtrailLogHandler(logging.Handler):
         self.trace = trace
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(IGNORED_LOGGERS):
+        if is_ignored_logger(record.name):
             return
         try:
             from flowtrail.trace import active_trace

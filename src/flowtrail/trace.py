@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import subprocess
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from types import TracebackType
@@ -25,12 +27,18 @@ from flowtrail.config import ConfigError, Settings, resolve_settings
 from flowtrail.context import (
     Pid,
     RunContext,
+    TraceParent,
     clock_for,
     current_run,
+    format_baggage,
     host_info,
     make_cut_id,
     new_run_id,
+    new_span_id,
     new_trace_id,
+    parse_baggage,
+    parse_traceparent,
+    sample_decision,
 )
 from flowtrail.handlers import (
     BaseHandler,
@@ -41,7 +49,8 @@ from flowtrail.handlers import (
 )
 from flowtrail.handlers.base import PipelineConfig
 from flowtrail.pipeline import Pipeline
-from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata
+from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
+from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
 
 _getframe = sys._getframe
 _get_ident = threading.get_ident
@@ -126,6 +135,31 @@ def _handlers_from_trace_type(extras: Mapping[str, Any]) -> list[BaseHandler]:
     return [cls(**options)]
 
 
+def _incoming_context(
+    traceparent: str | None, baggage: str | Mapping[str, str] | None
+) -> tuple[TraceParent | None, tuple[tuple[str, str], ...]]:
+    """The W3C context a trace continues: the arguments, else the ``TRACEPARENT`` and
+    ``BAGGAGE`` environment variables. Invalid values are ignored with a warning."""
+    source = "argument"
+    if traceparent is None:
+        traceparent, source = os.environ.get("TRACEPARENT"), "environment variable"
+    remote = parse_traceparent(traceparent) if traceparent else None
+    if traceparent and remote is None:
+        warnings.warn(
+            f"flowtrail: ignoring the invalid traceparent {source} {traceparent!r}; "
+            "starting a new trace",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    if baggage is None:
+        baggage = os.environ.get("BAGGAGE")
+    if isinstance(baggage, Mapping):
+        items = tuple((str(k), str(v)) for k, v in baggage.items())
+    else:
+        items = parse_baggage(baggage)
+    return remote, items
+
+
 def _context_fields(run_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
     fields = {key: value for key, value in extras.items() if key in CONTEXT_FIELDS}
     if not fields:
@@ -152,6 +186,9 @@ def _level_method(level: str) -> Any:
     def method(self: Trace, message: Any) -> None:
         if severity < self._min_level:
             return
+        context = get_context()
+        if context is not None and not context.sampled and severity < 30:
+            return  # an unsampled trace keeps warnings and errors only
         try:
             frame = _getframe(self._layer)
         except ValueError:
@@ -171,14 +208,8 @@ def _level_method(level: str) -> Any:
             created_at=now,
             mode=mode,
         )
-        context = get_context()
-        if context is not None and context.span_id is not None:
-            record = _replace(
-                record,
-                trace_id=context.trace_id,
-                span_id=context.span_id,
-                parent_span_id=context.parent_span_id,
-            )
+        if context is not None and context.live is not None:
+            record = _in_span(record, context)
         if wants_exception:
             record = self._with_exception(record, None)
         if self._direct and not globals_[0]:
@@ -188,11 +219,24 @@ def _level_method(level: str) -> Any:
             self._submit(record)
 
     method.__name__ = method.__qualname__ = level
-    method.__doc__ = (
-        f"Log ``message`` at {level.upper()} level"
-        + (" with the active exception's type, message and stack." if wants_exception else ".")
+    method.__doc__ = f"Log ``message`` at {level.upper()} level" + (
+        " with the active exception's type, message and stack." if wants_exception else "."
     )
     return method
+
+
+def _in_span(record: Metadata, context: RunContext) -> Metadata:
+    """The record with the open span's ids and names, attached to the span as an event."""
+    record = _replace(record, **context.overrides)
+    context.live.events.append(
+        SpanEvent(
+            name="log",
+            time=record.datetime,
+            level=record.level,
+            attributes={"message": record.message, "lineno": record.lineno},
+        )
+    )
+    return record
 
 
 def _outermost_frame() -> Any:
@@ -218,9 +262,14 @@ class Trace:
         *,
         handlers: Sequence[BaseHandler | Mapping[str, Any]] | None = None,
         extras: Mapping[str, Any] | None = None,
+        traceparent: str | None = None,
+        baggage: str | Mapping[str, str] | None = None,
         **settings: Any,
     ) -> None:
         self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+        self._remote, self.baggage_items = _incoming_context(traceparent, baggage)
+        if parent_run_id is None and self._remote is not None:
+            parent_run_id = dict(self.baggage_items).get("flowtrail.run_id")
         if parent_run_id is not None:
             check_run_id(parent_run_id)
         self.parent_run_id = parent_run_id
@@ -237,7 +286,11 @@ class Trace:
         )
         host = host_info()
         fields = _context_fields(self.run_id, self.extras)
-        self.trace_id: str = fields.get("trace_id") or new_trace_id()
+        remote_id = self._remote.trace_id if self._remote is not None else None
+        self.trace_id: str = fields.get("trace_id") or remote_id or new_trace_id()
+        #: Whether this trace records everything (see the ``sample_ratio`` setting).
+        self.sampled = sample_decision(self.trace_id, self.settings.sample_ratio)
+        self.workflow_name: str | None = fields.get("workflow_name")
         self._template = Metadata(
             run_id=self.run_id,
             parent_run_id=parent_run_id,
@@ -250,6 +303,8 @@ class Trace:
         self._fields = fields
         self._clock = clock_for(self.settings.log_tz)
         self._min_level = LEVELS[self.settings.log_level]
+        if not self.sampled:  # an unsampled trace keeps warnings and errors only
+            self._min_level = max(self._min_level, LEVELS["warning"])
         self._layer = self.settings.logs_trace_frame_layer
         self._buffer: list[Metadata] | None = None
         #: True while records can go straight to the pipelines (no console, no buffer).
@@ -282,6 +337,9 @@ class Trace:
             raise ValueError(f"unknown level {level!r}; use one of {', '.join(LEVELS)}")
         if severity < self._min_level:
             return None
+        context = current_run.get()
+        if context is not None and not context.sampled and severity < 30:
+            return None
         try:
             frame = _getframe(depth + self._layer - 1)
         except ValueError:  # the layer reaches past the outermost frame: use the outermost
@@ -303,14 +361,8 @@ class Trace:
             created_at=now,
             mode="stderr" if error else "stdout",
         )
-        context = current_run.get()
-        if context is not None and context.span_id is not None:
-            record = _replace(
-                record,
-                trace_id=context.trace_id,
-                span_id=context.span_id,
-                parent_span_id=context.parent_span_id,
-            )
+        if context is not None and context.live is not None:
+            record = _in_span(record, context)
         if level == "exception" or exc is not None:
             record = self._with_exception(record, exc)
         return record
@@ -430,6 +482,94 @@ class Trace:
     def pipelines(self) -> tuple[Pipeline, ...]:
         """The pipelines this trace writes through (their ``stats`` count outcomes)."""
         return self._pipes
+
+    # ------------------------------------------------------------------ spans
+    def span(self, kind: str = "stage", name: str | None = None, **attributes: Any) -> SpanScope:
+        """A span around a workflow, job, stage or node::
+
+            with trace.span("job", name="extract", source="s3") as span:
+                span.set_attribute("rows", 10)
+
+            @trace.span("stage")
+            async def validate(): ...
+
+        Spans nest by context; records written inside carry the span's ids and are
+        attached to it as events; an exception leaving the span marks it ``error``,
+        is recorded as an event, and propagates."""
+        return SpanScope(self, kind, name, attributes)
+
+    def _start_span(self, kind: str, name: str, attributes: dict[str, Any]) -> LiveSpan:
+        context = current_run.get()
+        parent = context.live if context is not None else None
+        live = LiveSpan(self, kind, name, attributes, parent, self._remote)
+        live._enter()
+        return live
+
+    def _span_started(self, live: LiveSpan) -> None:
+        if live.sampled:
+            for handler in self._sync:
+                handler.span_started(live)
+
+    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
+        span = live._finish(exc)
+        if span.sampled:
+            self._submit(span)
+            return span
+        # An unsampled trace keeps its spans until its local root ends, then writes
+        # only the ones on the path to an error.
+        root = live.root
+        assert root.pending is not None
+        root.pending.append(span)
+        if root is live:
+            for kept in path_to_errors(root.pending):
+                self._submit(kept)
+            root.pending = []
+        return span
+
+    def current_span(self) -> LiveSpan | None:
+        """The span open in the current context, if any."""
+        context = current_run.get()
+        return context.live if context is not None else None
+
+    # ------------------------------------------------------------------ propagation
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` of the current span (else of this trace), for another
+        process to continue this trace."""
+        live = self.current_span()
+        if live is not None:
+            return live.traceparent()
+        span_id = self._remote.span_id if self._remote is not None else self._root_span_id()
+        return f"00-{self.trace_id}-{span_id}-{'01' if self.sampled else '00'}"
+
+    def _root_span_id(self) -> str:
+        span_id = self.__dict__.get("_anchor_span_id")
+        if span_id is None:
+            span_id = self.__dict__["_anchor_span_id"] = new_span_id()
+        return span_id
+
+    @property
+    def baggage(self) -> dict[str, str]:
+        """The W3C baggage this trace carries, with ``flowtrail.run_id``."""
+        return {**dict(self.baggage_items), "flowtrail.run_id": self.run_id}
+
+    def headers(self) -> dict[str, str]:
+        """``traceparent`` and ``baggage`` headers for an outgoing request."""
+        return {"traceparent": self.traceparent(), "baggage": format_baggage(self.baggage)}
+
+    def subprocess_env(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A copy of ``env`` (default: this process's) with ``TRACEPARENT`` and
+        ``BAGGAGE`` set, so that `get_trace` in the child continues this trace."""
+        result = dict(os.environ if env is None else env)
+        result["TRACEPARENT"] = self.traceparent()
+        result["BAGGAGE"] = format_baggage(self.baggage)
+        return result
+
+    def run_subprocess(self, args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """`subprocess.run` with this trace's context in the child's environment.
+        Records are flushed first so that the child's come after them in the store."""
+        self.flush()
+        kwargs["env"] = self.subprocess_env(kwargs.get("env"))
+        return subprocess.run(args, **kwargs)
 
     # ------------------------------------------------------------------ with-block
     def __enter__(self) -> Trace:

@@ -205,9 +205,12 @@ class BaseHandler(logging.Handler):
         return f"{type(self).__name__}({', '.join(fields)})"
 
     # ------------------------------------------------------------------ writing
-    def write(self, record: Metadata) -> None:
-        """Write one record now (synchronous handlers only)."""
+    def write(self, record: Any) -> None:
+        """Write one record or finished span now (synchronous handlers only)."""
         raise NotImplementedError
+
+    def span_started(self, span: Any) -> None:
+        """A span opened (synchronous handlers; the console prints a start line)."""
 
     def export(self, batch: Sequence[Any]) -> None:
         """Write a batch (pipeline handlers, called on the worker)."""

@@ -50,7 +50,17 @@ class ConsoleHandler(BaseHandler):
             add_emoji=config.add_emoji if config.add_emoji is not None else settings.log_add_emoji,
         )
 
-    def write(self, record: Metadata) -> None:
+    def span_started(self, span: Any) -> None:
+        self._print(f"→ {span.kind} {span.name}", sys.stdout)
+
+    def write(self, record: Any) -> None:
+        if record.__class__ is not Metadata:
+            mark = "✗" if record.status == "error" else "✓"
+            text = f"← {record.kind} {record.name} ({record.duration_ms:.1f}ms) {mark}"
+            if record.status_message:
+                text += f" {record.status_message}"
+            self._print(text, sys.stderr if record.status == "error" else sys.stdout)
+            return
         config = self.config
         line = compile_line_format(
             config.format or "{message}",
@@ -58,6 +68,11 @@ class ConsoleHandler(BaseHandler):
             bool(config.add_emoji),
         )(record)
         stream = sys.stderr if (record.error_flag and config.split_stderr) else sys.stdout
+        self._print(line, stream)
+
+    def _print(self, line: str, stream: Any) -> None:
+        if not self.config.split_stderr:
+            stream = sys.stdout
         try:
             stream.write(line + "\n")
         except (OSError, ValueError):

@@ -26,8 +26,11 @@ from flowtrail.records import (
     ERROR_LEVELS,
     LEVELS,
     METADATA_FIELDS,
+    SPAN_FIELDS,
     Metadata,
     RunSummary,
+    Span,
+    SpanEvent,
     TraceData,
 )
 
@@ -48,6 +51,18 @@ _COLUMN_TYPES = {
     "memory_usage_mb": "REAL",
     "cpu_usage_percent": "REAL",
     "created_at": "TIMESTAMP DEFAULT CURRENT_TIMESTAMP",
+}
+_SPAN_COLUMN_TYPES = {
+    "start_ns": "INTEGER",
+    "end_ns": "INTEGER",
+    "duration_ms": "REAL",
+    "cpu_time_ms": "REAL",
+    "cpu_percent": "REAL",
+    "memory_start_mb": "REAL",
+    "memory_end_mb": "REAL",
+    "process": "INTEGER",
+    "thread": "INTEGER",
+    "sampled": "BOOLEAN",
 }
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
@@ -142,8 +157,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
             f"{name} {_COLUMN_TYPES.get(name, 'TEXT')}" for name in METADATA_FIELDS
         )
         statements = [
-            f"CREATE TABLE IF NOT EXISTS {table} (\n"
-            f"    id INTEGER PRIMARY KEY,\n    {columns}\n)",
+            f"CREATE TABLE IF NOT EXISTS {table} (\n    id INTEGER PRIMARY KEY,\n    {columns}\n)",
             # Each index costs as much per insert as the row itself, so only the lookups
             # the readers make on large stores are indexed: a run's records, child runs
             # and error records (partial indexes cost nothing for other rows).
@@ -152,6 +166,14 @@ class SQLiteHandler(BaseHandler, StoreReader):
             "WHERE parent_run_id IS NOT NULL",
             f"CREATE INDEX IF NOT EXISTS {table}_errors ON {table} (run_id, level) "
             "WHERE error_flag",
+            f"CREATE TABLE IF NOT EXISTS {table}_spans (\n    id INTEGER PRIMARY KEY,\n    "
+            + ",\n    ".join(
+                f"{name} {_SPAN_COLUMN_TYPES.get(name, 'TEXT')}" for name in SPAN_FIELDS
+            )
+            + "\n)",
+            f"CREATE INDEX IF NOT EXISTS {table}_spans_run ON {table}_spans (run_id, start_ns)",
+            f"CREATE INDEX IF NOT EXISTS {table}_spans_workflow ON {table}_spans "
+            "(workflow_name, kind, name)",
         ]
         for attempt in range(50):
             try:
@@ -183,11 +205,19 @@ class SQLiteHandler(BaseHandler, StoreReader):
     def export(self, batch: Sequence[Any]) -> None:
         conn = self._writer()
         columns, rows = _columns_and_rows(batch)
-        if not rows:
+        spans = [_span_row(r) for r in batch if r.__class__ is Span]
+        if not rows and not spans:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(self._insert_sql(columns), rows)
+            if rows:
+                conn.executemany(self._insert_sql(columns), rows)
+            if spans:
+                names = ", ".join(SPAN_FIELDS)
+                marks = ", ".join("?" for _ in SPAN_FIELDS)
+                conn.executemany(
+                    f"INSERT INTO {self.table}_spans ({names}) VALUES ({marks})", spans
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -240,21 +270,57 @@ class SQLiteHandler(BaseHandler, StoreReader):
             conn.close()
         return [_record(row) for row in rows]
 
-    def _trace_data(self, meta: list[Metadata]) -> TraceData:
+    def _trace_data(self, meta: list[Metadata], spans: list[Span]) -> TraceData:
         line = compile_line_format(self.config.format or DEFAULT_LOG_FORMAT_FILE)
         return TraceData(
             stdout="".join(line(r) + "\n" for r in meta if not r.error_flag),
             stderr="".join(line(r) + "\n" for r in meta if r.error_flag),
             meta=meta,
+            spans=spans,
         )
 
     def find_trace_with_id(self, run_id: str, *, include_children: bool = False) -> TraceData:
         if include_children:
-            meta = self._select("run_id = ? OR parent_run_id = ?", (run_id, run_id))
+            where, params = "run_id = ? OR parent_run_id = ?", (run_id, run_id)
+            meta = self._select(where, params)
             meta.sort(key=lambda r: parse_time(r.datetime))
         else:
-            meta = self._select("run_id = ?", (run_id,))
-        return self._trace_data(meta)
+            where, params = "run_id = ?", (run_id,)
+            meta = self._select(where, params)
+        return self._trace_data(meta, self._select_spans(where, params))
+
+    def _select_spans(self, where: str, params: Sequence[Any]) -> list[Span]:
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT {', '.join(SPAN_FIELDS)} FROM {self.table}_spans WHERE {where} "
+                "ORDER BY start_ns, id",
+                params,
+            ).fetchall()
+        finally:
+            conn.close()
+        return [_span_record(row) for row in rows]
+
+    def spans(
+        self,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        trace_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Span]:
+        """Finished spans, oldest first, filtered by run, workflow or trace."""
+        clauses, params = ["1 = 1"], []
+        for column, value in (
+            ("run_id", run_id),
+            ("workflow_name", workflow),
+            ("trace_id", trace_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        found = self._select_spans(" AND ".join(clauses), params)
+        return found[:limit] if limit is not None else found
 
     def find_traces(self) -> Iterator[TraceData]:
         for summary in self.runs():
@@ -364,6 +430,26 @@ def _columns_and_rows(batch: Sequence[Any]) -> tuple[tuple[int, ...], list[tuple
     columns[_META] = _json_column(columns[_META], "{}")
     keep = tuple(i for i, column in enumerate(columns) if column.count(None) != count)
     return keep, list(zip(*(columns[i] for i in keep), strict=True))
+
+
+def _span_row(span: Span) -> tuple[Any, ...]:
+    row = list(_ASTUPLE(span))
+    row[_SPAN_ATTRIBUTES] = _json_encode(row[_SPAN_ATTRIBUTES]).decode()
+    row[_SPAN_EVENTS] = _json_encode(row[_SPAN_EVENTS]).decode()
+    return tuple(row)
+
+
+_SPAN_ATTRIBUTES = SPAN_FIELDS.index("attributes")
+_SPAN_EVENTS = SPAN_FIELDS.index("events")
+_span_events = msgspec.json.Decoder(list[SpanEvent])
+
+
+def _span_record(row: Sequence[Any]) -> Span:
+    values = dict(zip(SPAN_FIELDS, row, strict=True))
+    values["attributes"] = _json_decode(values["attributes"]) if values["attributes"] else {}
+    values["events"] = _span_events.decode(values["events"]) if values["events"] else []
+    values["sampled"] = bool(values["sampled"])
+    return Span(**values)
 
 
 def _record(row: Sequence[Any]) -> Metadata:

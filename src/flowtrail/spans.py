@@ -1,0 +1,339 @@
+"""Spans: ``with trace.span("stage", name="validate", rows=10) as span:`` and the decorator
+form, for sync and ``async def`` functions.
+
+An open span is a `LiveSpan` held in the run context (`contextvars`), so nesting is right
+across ``await``, ``asyncio.gather`` and threads started with a copied context. Log records
+written while it is open carry its ids and are attached to it as events. When it ends it
+becomes an immutable `Span` that goes through the same pipelines as log records.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flowtrail.context import (
+    Memory,
+    Pid,
+    RunContext,
+    TraceParent,
+    current_run,
+    format_baggage,
+    host_info,
+    new_span_id,
+)
+from flowtrail.records import Span, SpanEvent
+
+if TYPE_CHECKING:
+    from flowtrail.trace import Trace
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Span kinds that name the job or stage of the records inside them.
+JOB_KINDS = frozenset({"job"})
+STAGE_KINDS = frozenset({"stage", "node", "task", "step"})
+
+
+class LiveSpan:
+    """A span that is still open. Returned by ``with trace.span(...) as span``."""
+
+    __slots__ = (
+        "trace",
+        "run_id",
+        "parent_run_id",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "attributes",
+        "events",
+        "status",
+        "status_message",
+        "sampled",
+        "root",
+        "pending",
+        "fields",
+        "start_ns",
+        "start_time",
+        "_perf",
+        "_cpu",
+        "memory_start_mb",
+        "_token",
+        "baggage",
+    )
+
+    def __init__(
+        self,
+        trace: Trace,
+        kind: str,
+        name: str,
+        attributes: dict[str, Any],
+        parent: LiveSpan | None,
+        remote: TraceParent | None,
+    ) -> None:
+        self.trace = trace
+        self.run_id = trace.run_id
+        self.parent_run_id = trace.parent_run_id
+        self.kind = kind
+        self.name = name
+        self.attributes = attributes
+        self.events: list[SpanEvent] = []
+        self.status = "ok"
+        self.status_message: str | None = None
+        self.span_id = new_span_id()
+        if parent is not None:
+            self.trace_id = parent.trace_id
+            self.parent_span_id: str | None = parent.span_id
+            self.sampled = parent.sampled
+            self.root: LiveSpan = parent.root
+            self.baggage = parent.baggage
+            fields = dict(parent.fields)
+        else:
+            self.trace_id = trace.trace_id
+            self.parent_span_id = remote.span_id if remote is not None else None
+            self.sampled = trace.sampled
+            self.root = self
+            self.baggage = trace.baggage_items
+            fields = {}
+        if kind in JOB_KINDS:
+            fields["job_name"] = name
+        elif kind in STAGE_KINDS:
+            fields["stage_name"] = name
+        elif kind == "workflow":
+            fields["workflow_name"] = name
+        self.fields = fields
+        #: Finished spans of an unsampled trace, kept by its local root until it ends.
+        self.pending: list[Span] | None = None if self.sampled else []
+        self.start_ns = time.time_ns()
+        self.start_time = trace._clock.now()
+        self._perf = time.perf_counter_ns()
+        self._cpu = time.process_time_ns()
+        self.memory_start_mb = Memory.rss_mb()
+        self._token: Any = None
+
+    # ------------------------------------------------------------------ user API
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Set one attribute."""
+        self.attributes[key] = value
+
+    def set_attributes(self, **attributes: Any) -> None:
+        """Set several attributes."""
+        self.attributes.update(attributes)
+
+    def add_event(self, name: str, **attributes: Any) -> None:
+        """Record something that happened now, inside this span."""
+        self.events.append(
+            SpanEvent(
+                name=name,
+                time=self.trace._clock.now(),
+                time_ns=time.time_ns(),
+                attributes=attributes,
+            )
+        )
+
+    def record_exception(self, exc: BaseException) -> None:
+        """Record an exception as an ``exception`` event (type, message, stack)."""
+        self.events.append(
+            SpanEvent(
+                name="exception",
+                time=self.trace._clock.now(),
+                time_ns=time.time_ns(),
+                level="exception",
+                attributes={
+                    "exception.type": type(exc).__qualname__,
+                    "exception.message": str(exc),
+                    "exception.stacktrace": "".join(
+                        traceback.format_exception(type(exc), exc, exc.__traceback__)
+                    ),
+                },
+            )
+        )
+
+    def set_status(self, status: str, message: str | None = None) -> None:
+        """Mark the span ``ok`` or ``error`` (an exception leaving it sets ``error``)."""
+        if status not in ("ok", "error"):
+            raise ValueError(f"span status must be 'ok' or 'error', got {status!r}")
+        self.status = status
+        self.status_message = message
+
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` header naming this span as the parent."""
+        return f"00-{self.trace_id}-{self.span_id}-{'01' if self.sampled else '00'}"
+
+    def headers(self) -> dict[str, str]:
+        """``traceparent`` (and ``baggage`` when there is some) for an outgoing call."""
+        headers = {"traceparent": self.traceparent()}
+        if self.baggage:
+            headers["baggage"] = format_baggage(self.baggage)
+        return headers
+
+    def __repr__(self) -> str:
+        return f"LiveSpan(kind={self.kind!r}, name={self.name!r}, span_id={self.span_id!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+    def _enter(self) -> None:
+        parent = current_run.get()
+        overrides = {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            **self.fields,
+        }
+        context = RunContext(
+            run_id=self.run_id,
+            parent_run_id=self.parent_run_id,
+            trace_id=self.trace_id,
+            span_id=self.span_id,
+            parent_span_id=self.parent_span_id,
+            fields=parent.fields if parent is not None else (),
+            live=self,
+            sampled=self.sampled,
+            baggage=self.baggage,
+            overrides=overrides,
+        )
+        self._token = current_run.set(context)
+        self.trace._span_started(self)
+
+    def _finish(self, exc: BaseException | None) -> Span:
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                current_run.reset(token)
+            except ValueError:  # ended in another context (e.g. another task)
+                pass
+        wall_ns = time.perf_counter_ns() - self._perf
+        cpu_ns = time.process_time_ns() - self._cpu
+        if exc is not None:
+            self.record_exception(exc)
+            self.status = "error"
+            self.status_message = f"{type(exc).__qualname__}: {exc}"
+        fields = self.fields
+        return Span(
+            run_id=self.run_id,
+            parent_run_id=self.parent_run_id,
+            trace_id=self.trace_id,
+            span_id=self.span_id,
+            parent_span_id=self.parent_span_id,
+            name=self.name,
+            kind=self.kind,
+            start_time=self.start_time,
+            end_time=self.trace._clock.now(),
+            start_ns=self.start_ns,
+            end_ns=self.start_ns + wall_ns,
+            duration_ms=wall_ns / 1e6,
+            status=self.status,  # type: ignore[arg-type]
+            status_message=self.status_message,
+            attributes=self.attributes,
+            events=self.events,
+            workflow_name=fields.get("workflow_name") or self.trace.workflow_name,
+            job_name=fields.get("job_name"),
+            stage_name=fields.get("stage_name"),
+            cpu_time_ms=cpu_ns / 1e6,
+            cpu_percent=round(100.0 * cpu_ns / wall_ns, 1) if wall_ns > 0 else None,
+            memory_start_mb=self.memory_start_mb,
+            memory_end_mb=Memory.rss_mb(),
+            process=Pid.value,
+            thread=threading.get_ident(),
+            hostname=host_info().hostname,
+            sampled=self.sampled,
+        )
+
+
+def path_to_errors(spans: list[Span]) -> list[Span]:
+    """The spans of an unsampled trace worth keeping: every span that ended in error and
+    all its ancestors (seed 004's minimal trace)."""
+    by_id = {span.span_id: span for span in spans}
+    keep: set[str] = set()
+    for span in spans:
+        if span.status == "error":
+            current: Span | None = span
+            while current is not None and current.span_id not in keep:
+                keep.add(current.span_id)
+                current = by_id.get(current.parent_span_id or "")
+    return [span for span in spans if span.span_id in keep]
+
+
+class SpanScope:
+    """What ``trace.span(...)`` returns: a context manager (sync and async) and a
+    decorator. Each ``with`` or call opens a new span."""
+
+    __slots__ = ("_trace", "_kind", "_name", "_attributes", "_open")
+
+    def __init__(
+        self, trace: Trace, kind: str, name: str | None, attributes: dict[str, Any]
+    ) -> None:
+        self._trace = trace
+        self._kind = kind
+        self._name = name
+        self._attributes = attributes
+        self._open: list[LiveSpan] = []
+
+    def _start(self, name: str | None = None) -> LiveSpan:
+        return self._trace._start_span(
+            self._kind, name or self._name or self._kind, dict(self._attributes)
+        )
+
+    def __enter__(self) -> LiveSpan:
+        live = self._start()
+        self._open.append(live)
+        return live
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._trace._end_span(self._open.pop(), exc)
+
+    async def __aenter__(self) -> LiveSpan:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        """Wrap ``func`` (sync or ``async def``) so that each call runs in a new span,
+        named after the function unless a name was given."""
+        name = self._name or func.__name__
+        trace = self._trace
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                live = trace._start_span(self._kind, name, dict(self._attributes))
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException as exc:
+                    trace._end_span(live, exc)
+                    raise
+                trace._end_span(live, None)
+                return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            live = trace._start_span(self._kind, name, dict(self._attributes))
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                trace._end_span(live, exc)
+                raise
+            trace._end_span(live, None)
+            return result
+
+        return wrapper  # type: ignore[return-value]
