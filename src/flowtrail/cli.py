@@ -164,30 +164,46 @@ def _print_records(records: list[Metadata], console: Console) -> None:
                 click.echo(f"    {text}")
 
 
+def _load_run(store: Any, run_id: str, children: bool) -> Any:
+    try:
+        data = store.find_trace_with_id(run_id, include_children=children)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not data.meta and not data.spans:
+        raise click.ClickException(f"no records of run {run_id!r} in this store")
+    return data
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
 @main.command()
 @click.argument("run_id")
 @click.option("--store", "store_url", default=None, help="Store URL or path.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["human", "json", "text"]),
+    default="human",
+    show_default=True,
+    help="human: the span tree with logs; json: spans, logs and metrics; text: records.",
 )
 @click.option(
     "--children/--no-children", default=True, show_default=True, help="Include child runs."
 )
 def show(run_id: str, store_url: str | None, fmt: str, children: bool) -> None:
-    """Print one run's records."""
-    store = _store(store_url)
-    try:
-        data = store.find_trace_with_id(run_id, include_children=children)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if not data.meta:
-        raise click.ClickException(f"no records of run {run_id!r} in this store")
+    """Print one run: its tree of spans with their logs, then a summary."""
+    from flowtrail.formats.document import run_json
+    from flowtrail.formats.tree import render_tree
+
+    data = _load_run(_store(store_url), run_id, children)
     if fmt == "json":
-        click.echo(
-            msgspec.json.encode(
-                {"run_id": run_id, "records": data.meta, "spans": data.spans}
-            ).decode()
-        )
+        _write(run_json(data, run_id=run_id) + "\n")
+        return
+    if fmt == "human" and data.spans:
+        _write(render_tree(data, run_id=run_id))
         return
     console = _console()
     first, last = data.meta[0], data.meta[-1]
@@ -200,6 +216,146 @@ def show(run_id: str, store_url: str | None, fmt: str, children: bool) -> None:
     if errors:
         click.echo("")
         click.echo(f"{len(errors)} error record(s); first: {errors[0].message}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", "output", default=None, help="HTML file (default: RUN_ID.html).")
+@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option(
+    "--children/--no-children", default=True, show_default=True, help="Include child runs."
+)
+def report(run_id: str, output: str | None, store_url: str | None, children: bool) -> None:
+    """Write a self-contained HTML timeline of one run."""
+    from pathlib import Path
+
+    from flowtrail.formats.html import render_html
+
+    console = Console(stderr=True)
+    with console.status("reading the run…") if console.is_terminal else _nothing():
+        data = _load_run(_store(store_url), run_id, children)
+        page = render_html(data, run_id=run_id)
+    target = Path(output or f"{run_id}.html")
+    target.write_text(page, encoding="utf-8")
+    click.echo(f"Wrote {target} ({len(data.spans)} spans, {len(data.meta)} records).")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+@main.command()
+@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--workflow", default=None, help="Across all runs of this workflow.")
+@click.option("--run", "run_id", default=None, help="One run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(store_url: str | None, workflow: str | None, run_id: str | None, as_json: bool) -> None:
+    """Span statistics: count, min, p50, p95, max, mean, errors, success rate."""
+    from flowtrail.formats.tree import duration_text
+    from flowtrail.metrics import aggregate, metrics_dict
+
+    store = _store(store_url)
+    if run_id is None and workflow is None:
+        latest = store.runs(limit=1)
+        if not latest:
+            raise click.ClickException("no runs in this store")
+        workflow = latest[0].workflow_name
+        if workflow is None:
+            run_id = latest[0].run_id
+    spans = store.spans(run_id=run_id, workflow=workflow if run_id is None else None)
+    if not spans:
+        raise click.ClickException("no spans found")
+    metrics = aggregate(spans)
+    if as_json:
+        _write(msgspec.json.encode(metrics_dict(metrics)).decode() + "\n")
+        return
+    scope = f"run {run_id}" if run_id else f"workflow {workflow} ({metrics.runs} runs)"
+    click.echo(
+        f"Statistics of {scope}: {metrics.span_count} spans, {metrics.error_count} errors, "
+        f"success rate {metrics.success_rate:.0%}"
+        + (f", peak memory {metrics.peak_memory_mb:.1f} MB" if metrics.peak_memory_mb else "")
+    )
+    if metrics.run_durations is not None:
+        r = metrics.run_durations
+        click.echo(
+            f"Run duration: min {duration_text(r.min_ms)}, p50 {duration_text(r.p50_ms)}, "
+            f"p95 {duration_text(r.p95_ms)}, max {duration_text(r.max_ms)}"
+        )
+    headers = ("span", "count", "errors", "success", "min", "p50", "p95", "max", "mean", "peak MB")
+    rows = [
+        (
+            f"{s.kind}.{s.name}",
+            str(s.count),
+            str(s.errors),
+            f"{s.success_rate:.0%}",
+            duration_text(s.min_ms),
+            duration_text(s.p50_ms),
+            duration_text(s.p95_ms),
+            duration_text(s.max_ms),
+            duration_text(s.mean_ms),
+            f"{s.peak_memory_mb:.1f}" if s.peak_memory_mb is not None else "-",
+        )
+        for s in metrics.by_name
+    ]
+    console = _console()
+    if console.is_terminal:
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        click.echo("\t".join(headers))
+        for row in rows:
+            click.echo("\t".join(row))
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--idle-exit",
+    default=None,
+    type=float,
+    help="Stop after this many seconds without new records.",
+)
+def tail(
+    run_id: str | None, store_url: str | None, interval: float, idle_exit: float | None
+) -> None:
+    """Follow a run (default: the newest) while it is written. Ctrl-C stops."""
+    import time
+
+    store = _store(store_url)
+    if run_id is None:
+        latest = store.runs(limit=1)
+        if not latest:
+            raise click.ClickException("no runs in this store yet")
+        run_id = latest[0].run_id
+    click.echo(f"Following run {run_id} (Ctrl-C to stop)")
+    seen_logs = seen_spans = 0
+    last_new = time.monotonic()
+    try:
+        while True:
+            data = store.find_trace_with_id(run_id)
+            fresh = data.meta[seen_logs:]
+            ended = data.spans[seen_spans:]
+            seen_logs, seen_spans = len(data.meta), len(data.spans)
+            for r in fresh:
+                click.echo(f"{_short_time(r.datetime)} {r.level.upper():<9} {r.message}")
+            for s in ended:
+                mark = "✗" if s.status == "error" else "✓"
+                click.echo(f"← {s.kind}.{s.name} ({s.duration_ms:.1f}ms) {mark}")
+            if fresh or ended:
+                last_new = time.monotonic()
+            elif idle_exit is not None and time.monotonic() - last_new > idle_exit:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
 
 
 @main.command()

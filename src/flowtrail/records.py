@@ -137,10 +137,19 @@ class RunSummary(msgspec.Struct, kw_only=True):
     records: int = 0
     warnings: int = 0
     errors: int = 0
+    spans: int = 0
+    span_errors: int = 0
+    #: ``error`` if a top-level span of the run ended in error, ``ok`` if none did; None
+    #: when the run has no spans.
+    span_status: str | None = None
 
     @property
     def status(self) -> str:
-        """``error`` if the run logged an error, else ``ok``."""
+        """How the run ended: from its top-level spans when it has spans (a stage that
+        failed and was retried does not fail the run), else ``error`` if it logged an
+        error."""
+        if self.span_status is not None:
+            return self.span_status
         return "error" if self.errors else "ok"
 
     @property

@@ -311,3 +311,14 @@ class StoreReader:
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         """One summary per run, newest first."""
         raise NotImplementedError
+
+    def spans(
+        self,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        trace_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        """Finished spans, oldest first, filtered by run, workflow or trace."""
+        raise NotImplementedError

@@ -289,14 +289,35 @@ class FileHandler(BaseHandler, StoreReader):
         summaries = []
         for folder in self._run_folders():
             records = self._read_records(folder / "metadata.txt")
-            if not records:
+            spans = self._read_spans(folder)
+            if not records and not spans:
                 continue
-            summary = summarize(records)
+            summary = summarize(records, spans)
             if workflow is None or summary.workflow_name == workflow:
                 summaries.append(summary)
-            if limit is not None and len(summaries) >= limit:
-                break
-        return summaries
+        summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
+        return summaries[:limit] if limit is not None else summaries
+
+    def spans(
+        self,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        trace_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        """Finished spans, oldest first, filtered by run, workflow or trace."""
+        self._flush_own()
+        folders = [self.run_dir(run_id)] if run_id else self._run_folders()
+        found = [
+            span
+            for folder in folders
+            for span in self._read_spans(folder)
+            if (workflow is None or span.workflow_name == workflow)
+            and (trace_id is None or span.trace_id == trace_id)
+        ]
+        found.sort(key=lambda span: span.start_ns)
+        return found[:limit] if limit is not None else found
 
     def _flush_own(self) -> None:
         """Readers see what this process wrote: flush its pipelines to this path."""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary
+from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary, Span
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -77,18 +77,27 @@ class RecordFilter:
         return True
 
 
-def summarize(records: Sequence[Metadata]) -> RunSummary:
-    """The summary of one run's records."""
-    first = records[0]
-    times = sorted(r.datetime for r in records)
-    workflow = next((r.workflow_name for r in records if r.workflow_name), None)
+def summarize(records: Sequence[Metadata], spans: Sequence[Span] = ()) -> RunSummary:
+    """The summary of one run's records and spans."""
+    first = records[0] if records else None
+    times = sorted(
+        [r.datetime for r in records] + [s.start_time for s in spans] + [s.end_time for s in spans]
+    )
+    workflow = next((r.workflow_name for r in records if r.workflow_name), None) or next(
+        (s.workflow_name for s in spans if s.workflow_name), None
+    )
+    ids = {span.span_id for span in spans}
+    top = [span for span in spans if span.parent_span_id not in ids]
     return RunSummary(
-        run_id=first.run_id,
-        parent_run_id=first.parent_run_id,
+        run_id=first.run_id if first else spans[0].run_id,
+        parent_run_id=first.parent_run_id if first else spans[0].parent_run_id,
         workflow_name=workflow,
-        start=times[0],
-        end=times[-1],
+        start=times[0] if times else None,
+        end=times[-1] if times else None,
         records=len(records),
         warnings=sum(1 for r in records if r.level == "warning"),
         errors=sum(1 for r in records if r.level in ERROR_LEVELS),
+        spans=len(spans),
+        span_errors=sum(1 for s in spans if s.status == "error"),
+        span_status=("error" if any(s.status == "error" for s in top) else "ok") if spans else None,
     )

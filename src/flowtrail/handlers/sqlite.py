@@ -172,6 +172,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
             )
             + "\n)",
             f"CREATE INDEX IF NOT EXISTS {table}_spans_run ON {table}_spans (run_id, start_ns)",
+            f"CREATE INDEX IF NOT EXISTS {table}_spans_id ON {table}_spans (span_id)",
             f"CREATE INDEX IF NOT EXISTS {table}_spans_workflow ON {table}_spans "
             "(workflow_name, kind, name)",
         ]
@@ -349,11 +350,20 @@ class SQLiteHandler(BaseHandler, StoreReader):
             names = [name for name, value in LEVELS.items() if value >= minimum]
             clauses.append(f"level IN ({', '.join('?' for _ in names)})")
             params.extend(names)
-        if text:
+        if text and text.isascii():
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("(message LIKE ? ESCAPE '\\' OR exception_message LIKE ? ESCAPE '\\')")
             params.extend([f"%{escaped}%"] * 2)
         found = self._select(" AND ".join(clauses), params)
+        if text and not text.isascii():
+            # LIKE folds the case of ASCII letters only: match other text as the file
+            # store does.
+            needle = text.lower()
+            found = [
+                r
+                for r in found
+                if needle in r.message.lower() or needle in (r.exception_message or "").lower()
+            ]
         if since is not None or until is not None:
             low = parse_time(since) if since is not None else None
             high = parse_time(until) if until is not None else None
@@ -367,26 +377,29 @@ class SQLiteHandler(BaseHandler, StoreReader):
 
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         errors = ", ".join(f"'{name}'" for name in sorted(ERROR_LEVELS))
-        sql = (
-            f"SELECT run_id, MAX(parent_run_id), MAX(workflow_name), MIN(datetime), "
-            f"MAX(datetime), COUNT(*), SUM(level = 'warning'), SUM(level IN ({errors})) "
-            f"FROM {self.table} {{where}} GROUP BY run_id ORDER BY MIN(id) DESC"
-        )
-        params: list[Any] = []
-        where = ""
-        if workflow is not None:
-            where = f"WHERE run_id IN (SELECT run_id FROM {self.table} WHERE workflow_name = ?)"
-            params.append(workflow)
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(limit))
+        table = self.table
         conn = self._reader()
         try:
-            rows = conn.execute(sql.format(where=where), params).fetchall()
+            logs = conn.execute(
+                f"SELECT run_id, MAX(parent_run_id), MAX(workflow_name), MIN(datetime), "
+                f"MAX(datetime), COUNT(*), SUM(level = 'warning'), SUM(level IN ({errors})) "
+                f"FROM {table} GROUP BY run_id"
+            ).fetchall()
+            spans = conn.execute(
+                f"SELECT run_id, MAX(parent_run_id), MAX(workflow_name), MIN(start_time), "
+                f"MAX(end_time), COUNT(*), SUM(status = 'error') FROM {table}_spans "
+                "GROUP BY run_id"
+            ).fetchall()
+            failed_roots = conn.execute(
+                f"SELECT s.run_id, MAX(s.status = 'error') FROM {table}_spans s "
+                f"LEFT JOIN {table}_spans p ON p.span_id = s.parent_span_id "
+                "AND p.run_id = s.run_id WHERE p.id IS NULL GROUP BY s.run_id"
+            ).fetchall()
         finally:
             conn.close()
-        return [
-            RunSummary(
+        summaries: dict[str, RunSummary] = {}
+        for row in logs:
+            summaries[row[0]] = RunSummary(
                 run_id=row[0],
                 parent_run_id=row[1],
                 workflow_name=row[2],
@@ -396,8 +409,29 @@ class SQLiteHandler(BaseHandler, StoreReader):
                 warnings=row[6] or 0,
                 errors=row[7] or 0,
             )
-            for row in rows
-        ]
+        root_status = {run: "error" if failed else "ok" for run, failed in failed_roots}
+        for row in spans:
+            summary = summaries.get(row[0]) or RunSummary(run_id=row[0], parent_run_id=row[1])
+            summaries[row[0]] = msgspec.structs.replace(
+                summary,
+                workflow_name=summary.workflow_name or row[2],
+                start=min(x for x in (summary.start, row[3]) if x) if summary.start else row[3],
+                end=max(x for x in (summary.end, row[4]) if x) if summary.end else row[4],
+                spans=row[5],
+                span_errors=row[6] or 0,
+                span_status=root_status.get(row[0]),
+            )
+        return _select_runs(list(summaries.values()), workflow, limit)
+
+
+def _select_runs(
+    summaries: list[RunSummary], workflow: str | None, limit: int | None
+) -> list[RunSummary]:
+    """Newest first, of one workflow if given, at most ``limit``."""
+    if workflow is not None:
+        summaries = [s for s in summaries if s.workflow_name == workflow]
+    summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
+    return summaries[:limit] if limit is not None else summaries
 
 
 _ASTUPLE = msgspec.structs.astuple

@@ -1,0 +1,127 @@
+"""The human form of a run (seed 004): the indented tree of spans with durations, status
+marks and the logs under the span they were written in, then a summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from flowtrail.metrics import Metrics, aggregate
+from flowtrail.records import Metadata, Span, TraceData
+
+OK_MARK = "✓"
+ERROR_MARK = "✗"
+
+
+def duration_text(ms: float) -> str:
+    """``45.2ms`` below a second, ``2.35s`` above."""
+    return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
+
+
+def iso_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an ISO-8601 time (0 if it cannot be read)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return 0
+    seconds = int(moment.timestamp())
+    return seconds * 1_000_000_000 + moment.microsecond * 1000
+
+
+def _attributes(span: Span) -> str:
+    if not span.attributes:
+        return ""
+    items = list(span.attributes.items())
+    shown = ", ".join(f"{key}={value}" for key, value in items[:4])
+    more = f", +{len(items) - 4}" if len(items) > 4 else ""
+    return f" [{shown}{more}]"
+
+
+def _log_lines(record: Metadata, pad: str) -> list[str]:
+    lines = [f"{pad}[{record.level.upper()}] {record.message}"]
+    if record.exception_type:
+        where = f" ({record.filename}:{record.lineno})" if record.filename else ""
+        lines.append(f"{pad}  ! {record.exception_type}: {record.exception_message}{where}")
+    return lines
+
+
+def render_tree(
+    data: TraceData, *, run_id: str | None = None, metrics: Metrics | None = None
+) -> str:
+    """The indented tree of one run, then its summary."""
+    spans: Sequence[Span] = sorted(data.spans, key=lambda s: (s.start_ns, s.end_ns))
+    records = data.meta
+    run_id = run_id or (records[0].run_id if records else spans[0].run_id if spans else "?")
+    trace_id = spans[0].trace_id if spans else (records[0].trace_id if records else None)
+    lines = [f"Workflow Trace: {trace_id or '-'}", f"Run: {run_id}"]
+    ids = {span.span_id for span in spans}
+    children: dict[str | None, list[Span]] = {}
+    for span in spans:
+        parent = span.parent_span_id if span.parent_span_id in ids else None
+        children.setdefault(parent, []).append(span)
+    logs: dict[str | None, list[tuple[int, Metadata]]] = {}
+    for record in records:
+        owner = record.span_id if record.span_id in ids else None
+        logs.setdefault(owner, []).append((iso_ns(record.datetime), record))
+
+    def walk(owner: str | None, depth: int) -> None:
+        pad = "  " * depth
+        items: list[tuple[int, int, object]] = [(s.start_ns, 1, s) for s in children.get(owner, ())]
+        items += [(t, 0, r) for t, r in logs.get(owner, ())]
+        items.sort(key=lambda item: (item[0], item[1]))
+        for _, _, item in items:
+            if isinstance(item, Metadata):
+                lines.extend(_log_lines(item, pad))
+                continue
+            assert isinstance(item, Span)
+            start = ""
+            if owner is None:
+                start = f" [{item.start_time[:19].replace('T', ' ')}]"
+            lines.append(f"{pad}→ {item.kind}.{item.name}{start}{_attributes(item)}")
+            walk(item.span_id, depth + 1)
+            mark = ERROR_MARK if item.status == "error" else OK_MARK
+            end = f"{pad}← {item.kind}.{item.name} ({duration_text(item.duration_ms)}) {mark}"
+            if item.status == "error" and item.status_message:
+                end += f" {item.status_message}"
+            lines.append(end)
+
+    walk(None, 0)
+    lines.append("")
+    lines.extend(render_summary(data, metrics))
+    return "\n".join(lines) + "\n"
+
+
+def render_summary(data: TraceData, metrics: Metrics | None = None) -> list[str]:
+    """The summary lines under a tree."""
+    spans = data.spans
+    error_records = sum(1 for r in data.meta if r.error_flag)
+    lines = ["Summary:"]
+    if not spans:
+        lines.append(f"- Records: {len(data.meta)}")
+        lines.append(f"- Error Records: {error_records}")
+        return lines
+    metrics = metrics or aggregate(spans)
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(metrics.kinds.items()))
+    slowest = max(
+        (s for s in spans if s.kind != "workflow"), key=lambda s: s.duration_ms, default=None
+    )
+    lines += [
+        f"- Total Duration: {duration_text(metrics.total_duration_ms)}",
+        f"- Spans: {metrics.span_count} ({kinds})",
+        f"- Nodes Executed: {metrics.node_count}",
+        f"- Errors: {metrics.error_count} span(s), {error_records} record(s)",
+        f"- Success Rate: {metrics.success_rate:.0%}",
+    ]
+    if metrics.peak_memory_mb is not None:
+        lines.append(f"- Peak Memory: {metrics.peak_memory_mb:.1f} MB")
+    if slowest is not None:
+        lines.append(
+            f"- Slowest: {slowest.kind}.{slowest.name} ({duration_text(slowest.duration_ms)})"
+        )
+    failed = [s for s in spans if s.status == "error"]
+    if failed:
+        first = min(failed, key=lambda s: s.end_ns)
+        lines.append(
+            f"- First Failure: {first.kind}.{first.name}: {first.status_message or 'error'}"
+        )
+    return lines
