@@ -113,7 +113,7 @@ def describe_validation_error(
 def unknown_key_error(key: str, where: str, known: tuple[str, ...] | list[str]) -> ConfigError:
     """The error for a key that is not a setting, with the closest known key."""
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = f"; did you mean {close[0]!r}?" if close else "."
     return ConfigError(
         f"flowtrail config: unknown key {key!r} in {where}{hint} Known keys: {', '.join(known)}."
     )
@@ -160,25 +160,36 @@ def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return found
 
 
-def find_config_file(start: Path | None = None) -> Path | None:
-    """``FLOWTRAIL_CONFIG``, else the nearest ``flowtrail.toml`` or ``pyproject.toml``
-    with a ``[tool.flowtrail]`` table, from ``start`` (the working directory) upwards."""
+def find_config_files(start: Path | None = None) -> list[Path]:
+    """The config files in force: the file named by ``FLOWTRAIL_CONFIG``, else the nearest
+    ``flowtrail.toml`` and the nearest ``pyproject.toml`` with a ``[tool.flowtrail]``
+    table, from ``start`` (the working directory) upwards; flowtrail.toml first."""
     named = os.environ.get(f"{ENV_PREFIX}CONFIG")
     if named:
-        return Path(named)
+        return [Path(named)]
     here = (start or Path.cwd()).resolve()
+    toml: Path | None = None
+    pyproject: Path | None = None
     for folder in (here, *here.parents):
-        candidate = folder / "flowtrail.toml"
-        if candidate.is_file():
-            return candidate
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
+        if toml is None and (folder / "flowtrail.toml").is_file():
+            toml = folder / "flowtrail.toml"
+        candidate = folder / "pyproject.toml"
+        if pyproject is None and candidate.is_file():
             try:
-                if "tool" in (data := _load_toml(pyproject)) and "flowtrail" in data["tool"]:
-                    return pyproject
+                data = _load_toml(candidate)
             except ConfigError:
-                pass
-    return None
+                data = {}
+            if "flowtrail" in data.get("tool", {}):
+                pyproject = candidate
+        if toml is not None and pyproject is not None:
+            break
+    return [path for path in (toml, pyproject) if path is not None]
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """The first config file in force (see `find_config_files`)."""
+    files = find_config_files(start)
+    return files[0] if files else None
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -189,37 +200,65 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"flowtrail config: cannot read {path}: {exc}") from None
 
 
-_file_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+def _stamp(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _folders(start: Path) -> list[Path]:
+    here = start.resolve()
+    return [here, *here.parents]
+
+
+#: Config files read, keyed by working directory and FLOWTRAIL_CONFIG; valid while the
+#: modification times of the folders searched and of the files found are unchanged (a
+#: file created, removed or edited changes one of them).
+_file_cache: dict[tuple[str, str], tuple[tuple[float, ...], list[tuple[str, dict[str, Any]]]]] = {}
+
+
+def read_config_files(start: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, settings)`` of each config file in force, flowtrail.toml first."""
+    cwd = start or Path.cwd()
+    named = os.environ.get(f"{ENV_PREFIX}CONFIG", "")
+    if named and not Path(named).is_file():
+        raise ConfigError(f"flowtrail config: FLOWTRAIL_CONFIG={named!r} is not a file")
+    folders = [Path(named)] if named else _folders(cwd)
+    cache_key = (str(cwd), named)
+    cached = _file_cache.get(cache_key)
+    if cached is not None:
+        stamps = tuple(_stamp(p) for p in folders) + tuple(
+            _stamp(Path(path)) for path, _ in cached[1]
+        )
+        if stamps == cached[0]:
+            return cached[1]
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for path in find_config_files(cwd):
+        raw = _load_toml(path)
+        if path.name == "pyproject.toml":
+            table = raw.get("tool", {}).get("flowtrail", {})
+        elif "flowtrail" in raw and len(raw) == 1 and isinstance(raw["flowtrail"], dict):
+            table = raw["flowtrail"]
+        else:
+            table = raw
+        for key in table:
+            if key not in SETTING_KEYS:
+                raise unknown_key_error(key, str(path), SETTING_KEYS)
+        layers.append((str(path), table))
+    stamps = tuple(_stamp(p) for p in folders) + tuple(_stamp(Path(path)) for path, _ in layers)
+    _file_cache[cache_key] = (stamps, layers)
+    return layers
 
 
 def read_config_file(start: Path | None = None) -> tuple[dict[str, Any], str | None]:
-    """The settings of the nearest config file, and its path (cached per directory and
-    file modification time)."""
-    cwd = str(start or Path.cwd())
-    named = os.environ.get(f"{ENV_PREFIX}CONFIG", "")
-    cache_key = (cwd, named)
-    cached = _file_cache.get(cache_key)
-    path = find_config_file(start) if cached is None else Path(cached[1].get("__path__", ""))
-    if path is None or not str(path) or not path.is_file():
-        if named:
-            raise ConfigError(f"flowtrail config: FLOWTRAIL_CONFIG={named!r} is not a file")
-        _file_cache[cache_key] = (0.0, {})
-        return {}, None
-    mtime = path.stat().st_mtime
-    if cached is not None and cached[0] == mtime and cached[1]:
-        data = dict(cached[1])
-    else:
-        raw = _load_toml(path)
-        table = raw.get("tool", {}).get("flowtrail", {}) if path.name == "pyproject.toml" else raw
-        if path.name != "pyproject.toml" and "flowtrail" in raw and len(raw) == 1:
-            table = raw["flowtrail"]
-        data = {"__path__": str(path), **table}
-        _file_cache[cache_key] = (mtime, dict(data))
-    data.pop("__path__", None)
-    for key in data:
-        if key not in SETTING_KEYS:
-            raise unknown_key_error(key, str(path), SETTING_KEYS)
-    return data, str(path)
+    """The settings of the config files in force merged (flowtrail.toml wins), and the
+    path of the first."""
+    layers = read_config_files(start)
+    merged: dict[str, Any] = {}
+    for _, table in reversed(layers):
+        merged.update(table)
+    return merged, layers[0][0] if layers else None
 
 
 def validate_settings(layers: list[tuple[str, Mapping[str, Any]]]) -> Settings:
@@ -307,7 +346,7 @@ def resolve_settings(
             from_extras[key] = value
         else:
             check_extras_key(key)
-    file_values, file_path = read_config_file()
+    file_layers = read_config_files()
     env_values = read_env()
     key = None
     if "trace_handlers" not in arguments and "trace_handlers" not in from_extras:
@@ -316,8 +355,7 @@ def resolve_settings(
                 tuple(sorted(arguments.items())),
                 tuple(sorted(from_extras.items())),
                 tuple(sorted((k, str(v)) for k, v in env_values.items())),
-                file_path,
-                msgspec.json.encode(file_values),
+                msgspec.json.encode(file_layers),
             )
             hash(key)
         except TypeError:
@@ -329,7 +367,7 @@ def resolve_settings(
             ("the arguments", arguments),
             ("extras", from_extras),
             ("the environment", env_values),
-            (file_path or "the config file", file_values),
+            *file_layers,
         ]
     )
     if key is not None:

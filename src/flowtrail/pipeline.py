@@ -230,15 +230,15 @@ class Pipeline:
         return marker.event.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> bool:
-        """Flush, then stop the worker. The pipeline starts again on the next submit."""
+        """Flush, then stop the worker, all within ``timeout``. The pipeline starts
+        again on the next submit."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         done = self.flush(timeout)
         worker = self._worker
         if worker is not None:
             self._stop.set()
             self._wake.set()
-            worker.join(timeout)
-            if not worker.is_alive():
-                self._worker = None
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if done and not self._queue:
             self._close_exporter()
         return done
@@ -256,14 +256,26 @@ class Pipeline:
 
     # ------------------------------------------------------------------ worker side
     def _run(self) -> None:
-        self._replay_spool(force=True)
-        while True:
-            self._wake.wait(self.options.flush_interval)
-            self._wake.clear()
-            self._drain()
-            if self._stop.is_set() and not self._queue:
-                return
-            self._replay_spool()
+        try:
+            self._replay_spool(force=True)
+            while True:
+                self._wake.wait(self.options.flush_interval)
+                self._wake.clear()
+                self._drain()
+                if self._stop.is_set() and not self._queue:
+                    break
+                self._replay_spool()
+        finally:
+            with self._start_lock:
+                if self._worker is threading.current_thread():
+                    self._worker = None
+            # A record handed in while this worker was stopping must not wait for the
+            # next submit: start a fresh worker for it.
+            if self._queue:
+                try:
+                    self._start()
+                except RuntimeError:
+                    pass
 
     def _drain(self) -> None:
         queue = self._queue

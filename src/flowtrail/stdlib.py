@@ -49,6 +49,14 @@ def level_name(levelno: int) -> str:
     return "debug"
 
 
+def record_level(record: logging.LogRecord) -> str:
+    """The flowtrail level of a stdlib record: ``exception`` for an error with exception
+    info (``logger.exception``), else by its level number."""
+    if record.exc_info and record.exc_info[0] is not None and record.levelno >= logging.ERROR:
+        return "exception"
+    return level_name(record.levelno)
+
+
 def metadata_from_log_record(
     record: logging.LogRecord,
     settings: Settings,
@@ -70,12 +78,11 @@ def metadata_from_log_record(
         if context.span_id:
             fields["span_id"] = context.span_id
             fields["parent_span_id"] = context.parent_span_id
-    run_id = run_id or record.name
-    level = (
-        "exception"
-        if record.exc_info and record.levelno >= logging.ERROR
-        else level_name(record.levelno)
-    )
+    if not run_id:
+        from flowtrail.handlers.base import safe_run_id
+
+        run_id = safe_run_id(record.name)
+    level = record_level(record)
     error = level in ERROR_LEVELS
     exc_type = exc_message = stack = None
     if record.exc_info and record.exc_info[0] is not None:

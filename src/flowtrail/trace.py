@@ -101,6 +101,7 @@ def _bind(handler: BaseHandler, settings: Settings) -> BaseHandler:
     same handlers each time."""
     try:
         key = (
+            os.getcwd(),
             type(handler),
             handler.config,
             settings.log_format,
@@ -295,10 +296,13 @@ class Trace:
             run_id=self.run_id,
             parent_run_id=parent_run_id,
             cut_id=make_cut_id(self.run_id, parent_run_id),
-            hostname=host.hostname,
-            ip_address=host.ip_address,
             python_version=host.python_version,
-            **{"trace_id": self.trace_id, **fields},
+            **{
+                "hostname": host.hostname,
+                "ip_address": host.ip_address,
+                **fields,
+                "trace_id": self.trace_id,
+            },
         )
         self._fields = fields
         self._clock = clock_for(self.settings.log_tz)
@@ -405,9 +409,9 @@ class Trace:
 
     def _log_record(self, record: logging.LogRecord) -> None:
         """Take a stdlib record (from `FlowtrailLogHandler`)."""
-        from flowtrail.stdlib import level_name
+        from flowtrail.stdlib import record_level
 
-        level = level_name(record.levelno)
+        level = record_level(record)
         if LEVELS[level] < self._min_level:
             return
         now = self._clock.now()
@@ -594,6 +598,10 @@ class Trace:
         try:
             if exc is not None:
                 record = self._make(f"{type(exc).__qualname__}: {exc}", "exception", 2, exc)
+                if record is not None and tb is not None:
+                    # The line in the block that raised, not the line of the ``with``.
+                    code_file = tb.tb_frame.f_code.co_filename
+                    record = _replace(record, filename=_basename(code_file), lineno=tb.tb_lineno)
                 self._submit(record)
         finally:
             self._release_buffer()
@@ -630,12 +638,17 @@ def get_trace(
 
 
 def shutdown(timeout: float | None = 30.0) -> bool:
-    """Flush every pipeline of this process and stop its workers."""
+    """Flush every pipeline of this process and stop its workers, all within
+    ``timeout`` seconds."""
+    import time
+
     from flowtrail.pipeline import all_pipelines
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     ok = True
     for pipeline in all_pipelines():
-        ok = pipeline.close(timeout) and ok
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ok = pipeline.close(left) and ok
     return ok
 
 

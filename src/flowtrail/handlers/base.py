@@ -5,9 +5,10 @@ that makes ``logger.addHandler(FileHandler(run_id=..., ...))`` work (seeds 002/0
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from flowtrail.records import RunSummary
 
 _RUN_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
+#: Longest run id in UTF-8 bytes: ``run_id=<id>`` must fit a 255-byte folder name.
+MAX_RUN_ID_BYTES = 248
 
 
 def check_run_id(run_id: Any) -> str:
@@ -28,12 +31,26 @@ def check_run_id(run_id: Any) -> str:
     inside its store."""
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"run id must be a non-empty string, got {run_id!r}")
-    if len(run_id) > 255 or run_id in (".", "..") or _RUN_ID_FORBIDDEN.search(run_id):
+    if (
+        len(run_id.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES
+        or run_id in (".", "..")
+        or _RUN_ID_FORBIDDEN.search(run_id)
+    ):
         raise ValueError(
-            f"run id {run_id!r} is not allowed: use at most 255 characters without '/', "
-            "'\\', control characters or NUL, and not '.' or '..'"
+            f"run id {run_id!r} is not allowed: use at most {MAX_RUN_ID_BYTES} bytes (UTF-8) "
+            "without '/', '\\', control characters or NUL, and not '.' or '..'"
         )
     return run_id
+
+
+def safe_run_id(text: str) -> str:
+    """``text`` made into an allowed run id (used for stdlib logger names)."""
+    cleaned = _RUN_ID_FORBIDDEN.sub("_", text or "") or "_"
+    if cleaned in (".", ".."):
+        cleaned = cleaned.replace(".", "_")
+    while len(cleaned.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned
 
 
 class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -45,16 +62,16 @@ class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Options of handlers that write through a background pipeline."""
 
-    batch_size: int = 1000
+    batch_size: Annotated[int, msgspec.Meta(gt=0)] = 1000
     #: Seed name of ``batch_size``.
-    buffer_size: int | None = None
-    max_batch_bytes: int = 4 * 1024 * 1024
-    flush_interval: float = 0.5
-    queue_size: int = 100_000
+    buffer_size: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    max_batch_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * 1024 * 1024
+    flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    queue_size: Annotated[int, msgspec.Meta(gt=0)] = 100_000
     overflow: Literal["spill", "drop", "block"] = "spill"
     spool_dir: str | None = None
-    max_retries: int = 5
-    retry_deadline: float = 30.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 5
+    retry_deadline: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
 _PIPELINE_ACCEPTED = {
@@ -154,8 +171,16 @@ class BaseHandler(logging.Handler):
     def resolve(self, settings: Settings) -> Any:
         """This handler's config with settings applied (defaults: spool under log_dir)."""
         config = self.config
-        if isinstance(config, PipelineConfig) and config.spool_dir is None:
-            config = msgspec.structs.replace(config, spool_dir=f"{settings.log_dir}/spool")
+        if isinstance(config, PipelineConfig):
+            # Paths are fixed when the handler is bound: a pipeline keeps writing where
+            # its get_trace pointed, whatever the working directory becomes later.
+            spool = (
+                config.spool_dir if config.spool_dir is not None else f"{settings.log_dir}/spool"
+            )
+            config = msgspec.structs.replace(config, spool_dir=os.path.abspath(spool))
+        path = getattr(config, "path", None)
+        if isinstance(path, str) and path != ":memory:" and not os.path.isabs(path):
+            config = msgspec.structs.replace(config, path=os.path.abspath(path))
         return config
 
     def pipeline_key(self) -> tuple[str, bytes]:
@@ -232,8 +257,10 @@ class BaseHandler(logging.Handler):
     # ------------------------------------------------------------------ stdlib face
     def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
         """Take a stdlib log record (direct-handler form)."""
-        from flowtrail.stdlib import metadata_from_log_record
+        from flowtrail.stdlib import is_ignored_logger, metadata_from_log_record
 
+        if is_ignored_logger(record.name):
+            return
         try:
             settings = self._direct_settings
             if settings is None:
