@@ -36,6 +36,10 @@ def run_python(code: str, cwd: Path, timeout: float = 120, env: dict[str, str] |
     full_env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
