@@ -34,9 +34,9 @@ def render_html(data: TraceData, *, run_id: str | None = None) -> str:
     ]
     if total is not None:
         summary.append(f"<span>{total:.1f} ms</span>")
-        summary.append(
-            f"<span>{metrics['span_count']} spans, {metrics['error_count']} errors</span>"
-        )
+        failed = metrics["error_count"]
+        plural = "" if failed == 1 else "s"
+        summary.append(f"<span>{metrics['span_count']} spans, {failed} failed span{plural}</span>")
     summary.append(f"<span>{len(document['logs'])} records</span>")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

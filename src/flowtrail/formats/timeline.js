@@ -20,7 +20,10 @@ const fmt = ms => ms < 1000 ? ms.toFixed(1) + ' ms' : (ms / 1000).toFixed(2) + '
 const esc = t => String(t).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 const chart = document.getElementById('chart');
 let axis = '<div class="axis"><div class="label">span</div><div class="track">';
-for (let i = 0; i <= 4; i++) axis += `<span style="left:${i * 25}%">${fmt(total * i / 4 / 1e6)}</span>`;
+for (let i = 0; i <= 4; i++) {
+  const shift = i === 0 ? '0' : i === 4 ? '-100%' : '-50%';
+  axis += `<span style="left:${i * 25}%;transform:translateX(${shift})">${fmt(total * i / 4 / 1e6)}</span>`;
+}
 chart.innerHTML = axis + '</div></div>';
 for (const [s, depth] of ordered) {
   const left = (s.start_ns - t0) / total * 100;
@@ -31,7 +34,11 @@ for (const [s, depth] of ordered) {
   row.innerHTML = `<div class="label" style="padding-left:${depth * 14}px"><span class="kind">${esc(s.kind)}</span>${esc(s.name)}</div>` +
     `<div class="track"><div class="bar ${s.status === 'error' ? 'error' : 'ok'}" data-span-id="${s.span_id}" ` +
     `style="left:${left}%;width:${width}%" title="${esc(s.kind + '.' + s.name)} ${fmt(s.duration_ms)} ${esc(s.status)}"></div>` +
-    `<span class="dur" style="left:calc(${Math.min(left + width, 92)}% + 4px)">${fmt(s.duration_ms)}</span></div>`;
+    (left + width <= 85
+      ? `<span class="dur" style="left:calc(${left + width}% + 4px)">${fmt(s.duration_ms)}</span></div>`
+      : width > 12
+        ? `<span class="dur inside" style="right:calc(${100 - left - width}% + 4px)">${fmt(s.duration_ms)}</span></div>`
+        : `<span class="dur" style="right:calc(${100 - left}% + 4px)">${fmt(s.duration_ms)}</span></div>`);
   row.addEventListener('click', () => show(s, row));
   chart.appendChild(row);
 }
