@@ -166,7 +166,7 @@ def _print_records(records: list[Metadata], console: Console) -> None:
 
 def _load_run(store: Any, run_id: str, children: bool) -> Any:
     try:
-        data = store.find_trace_with_id(run_id, include_children=children)
+        data = store.find_trace_with_id(run_id, include_children=children, text=False)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not data.meta and not data.spans:

@@ -7,6 +7,7 @@ import contextvars
 import datetime as _dt
 import os
 import platform
+import random
 import socket
 import threading
 import time
@@ -19,13 +20,18 @@ UTC: Final = _dt.timezone.utc
 
 
 def new_trace_id() -> str:
-    """A random 128-bit W3C trace id, as 32 lowercase hex digits."""
-    return os.urandom(16).hex()
+    """A random 128-bit W3C trace id, as 32 lowercase hex digits (never all zero)."""
+    return f"{_getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    """A random 64-bit W3C span id, as 16 lowercase hex digits."""
-    return os.urandom(8).hex()
+    """A random 64-bit W3C span id, as 16 lowercase hex digits (never all zero)."""
+    return f"{_getrandbits(64) or 1:016x}"
+
+
+# Ids need to be unique, not secret: the random module is ~10x cheaper than os.urandom
+# and re-seeds itself in a forked child.
+_getrandbits = random.getrandbits
 
 
 def new_run_id(prefix: str = "run") -> str:
@@ -123,7 +129,7 @@ class Pid:
 os.register_at_fork(after_in_child=Pid.refresh)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunContext:
     """What the current code is running under: the run and the span that a record or a
     stdlib log line belongs to."""
@@ -245,9 +251,22 @@ class Memory:
     _pid: int = -1
     _page_mb: float = os.sysconf("SC_PAGE_SIZE") / 1048576 if hasattr(os, "sysconf") else 0.004
 
+    _last: tuple[int, float | None] = (-(10**12), None)
+
     @classmethod
     def rss_mb(cls) -> float | None:
-        """Resident set size in MiB."""
+        """Resident set size in MiB, read at most once a millisecond (spans open and
+        close far more often than memory moves)."""
+        now = time.perf_counter_ns()
+        stamp, value = cls._last
+        if now - stamp < 1_000_000:
+            return value
+        value = cls._read()
+        cls._last = (now, value)
+        return value
+
+    @classmethod
+    def _read(cls) -> float | None:
         if cls._pid != Pid.value:
             cls._pid = Pid.value
             try:

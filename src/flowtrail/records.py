@@ -26,7 +26,7 @@ LEVELS: Final[dict[str, int]] = {
 ERROR_LEVELS: Final[frozenset[str]] = frozenset({"error", "exception"})
 
 
-class Metadata(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+class Metadata(msgspec.Struct, frozen=True, gc=False):
     """One log record with every field of the seed documents.
 
     Field order is the column order of the SQLite table. ``datetime`` and ``created_at``

@@ -291,7 +291,17 @@ class SpanScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._trace._end_span(self._open.pop(), exc)
+        self._trace._end_span(self._pop(), exc)
+
+    def _pop(self) -> LiveSpan:
+        """The span this ``with`` opened: the one open in the current context (one scope
+        may be entered by several tasks or threads at once), else the last opened."""
+        context = current_run.get()
+        live = context.live if context is not None else None
+        if live is not None and live in self._open:
+            self._open.remove(live)  # only this context can remove its own span
+            return live
+        return self._open.pop()
 
     async def __aenter__(self) -> LiveSpan:
         return self.__enter__()

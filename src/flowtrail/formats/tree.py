@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from flowtrail.metrics import Metrics, aggregate
 from flowtrail.records import Metadata, Span, TraceData
@@ -59,14 +60,20 @@ def render_tree(
     for span in spans:
         parent = span.parent_span_id if span.parent_span_id in ids else None
         children.setdefault(parent, []).append(span)
-    logs: dict[str | None, list[tuple[int, Metadata]]] = {}
+    # Times from one clock share a zone offset and then order as text; otherwise they
+    # are compared as instants.
+    one_zone = len({r.datetime[26:] for r in records} | {s.start_time[26:] for s in spans}) <= 1
+    logs: dict[str | None, list[tuple[Any, Metadata]]] = {}
     for record in records:
         owner = record.span_id if record.span_id in ids else None
-        logs.setdefault(owner, []).append((iso_ns(record.datetime), record))
+        moment = record.datetime if one_zone else iso_ns(record.datetime)
+        logs.setdefault(owner, []).append((moment, record))
 
     def walk(owner: str | None, depth: int) -> None:
         pad = "  " * depth
-        items: list[tuple[int, int, object]] = [(s.start_ns, 1, s) for s in children.get(owner, ())]
+        items: list[tuple[Any, int, object]] = [
+            (s.start_time if one_zone else s.start_ns, 1, s) for s in children.get(owner, ())
+        ]
         items += [(t, 0, r) for t, r in logs.get(owner, ())]
         items.sort(key=lambda item: (item[0], item[1]))
         for _, _, item in items:

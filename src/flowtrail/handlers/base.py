@@ -317,8 +317,11 @@ class StoreReader:
         """Every run in the store, newest first."""
         raise NotImplementedError
 
-    def find_trace_with_id(self, run_id: str, *, include_children: bool = False) -> TraceData:
-        """One run's records (and its child runs' with ``include_children``)."""
+    def find_trace_with_id(
+        self, run_id: str, *, include_children: bool = False, text: bool = True
+    ) -> TraceData:
+        """One run's records and spans (and its child runs' with ``include_children``);
+        ``text=False`` skips rebuilding the stdout/stderr text where it is derived."""
         raise NotImplementedError
 
     def search(

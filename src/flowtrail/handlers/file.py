@@ -26,7 +26,7 @@ from flowtrail.handlers.base import (
     StoreReader,
     check_run_id,
 )
-from flowtrail.handlers.query import RecordFilter, parse_time, summarize
+from flowtrail.handlers.query import RecordFilter, parse_time, sort_by_time, summarize
 from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
 
 _FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
@@ -142,6 +142,12 @@ class FileHandler(BaseHandler, StoreReader):
         else:
             for record in batch:
                 groups.setdefault(record.run_id, []).append(record)
+        # A refused run id fails the whole batch, which is then spooled whole: refuse it
+        # before any run of the batch is written, or the replay writes those twice.
+        fds = self._descriptors()
+        for run_id in groups:
+            if (run_id, "metadata.txt") not in fds:
+                self.run_dir(run_id)
         for run_id, records in groups.items():
             logs = [r for r in records if r.__class__ is Metadata]
             spans = (
@@ -241,7 +247,9 @@ class FileHandler(BaseHandler, StoreReader):
         for folder in self._run_folders():
             yield self._trace_of(folder)
 
-    def find_trace_with_id(self, run_id: str, *, include_children: bool = False) -> TraceData:
+    def find_trace_with_id(
+        self, run_id: str, *, include_children: bool = False, text: bool = True
+    ) -> TraceData:
         self._flush_own()
         data = self._trace_of(self.run_dir(run_id))
         if include_children:
@@ -251,7 +259,7 @@ class FileHandler(BaseHandler, StoreReader):
                 data.stderr += extra.stderr
                 data.meta.extend(extra.meta)
                 data.spans.extend(extra.spans)
-            data.meta.sort(key=lambda r: parse_time(r.datetime))
+            sort_by_time(data.meta)
         return data
 
     def _child_folders(self, run_id: str) -> list[Path]:

@@ -23,6 +23,16 @@ def parse_time(value: Any) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
+def sort_by_time(records: list[Metadata]) -> list[Metadata]:
+    """Records in time order (stable). ISO strings with one zone offset sort as text;
+    mixed offsets are compared as instants."""
+    if len({record.datetime[26:] for record in records}) <= 1:
+        records.sort(key=lambda record: record.datetime)
+    else:
+        records.sort(key=lambda record: parse_time(record.datetime))
+    return records
+
+
 def check_level(level: str | None) -> int | None:
     """The severity of a level name, or ValueError listing the names."""
     if level is None:
