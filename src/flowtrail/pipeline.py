@@ -362,9 +362,16 @@ class Pipeline:
                     if records:
                         with self._export_lock:
                             self.exporter.export(records)
-                except Exception:
-                    self.spool.release(claimed)
-                    return
+                except Exception as exc:
+                    if self._retryable(exc):
+                        self.spool.release(claimed)  # the backend is still down: later
+                        return
+                    # This batch can never be written (bad data, not a bad backend): set it
+                    # aside for a person to look at, and go on with the others.
+                    kept = self.spool.set_aside(claimed)
+                    self.stats.dropped += len(records)
+                    report_once(self.name, exc, len(records), f"the batch was set aside as {kept}")
+                    continue
                 self.stats.replayed += len(records)
                 self.spool.done(claimed)
         except Exception:

@@ -145,6 +145,13 @@ class Spool:
         claimed.unlink(missing_ok=True)
 
     @staticmethod
+    def set_aside(claimed: Path) -> Path:
+        """Keep a file that can never be replayed as ``<name>.failed`` (not replayed)."""
+        target = claimed.with_name(claimed.name.split(".claimed-", 1)[0] + ".failed")
+        os.replace(claimed, target)
+        return target
+
+    @staticmethod
     def release(claimed: Path) -> None:
         """Give a claimed file back for a later replay."""
         base = claimed.name.split(".claimed-", 1)[0]

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,7 @@ from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
 from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
 
 _getframe = sys._getframe
+_time_ns = time.time_ns
 _get_ident = threading.get_ident
 _replace = msgspec.structs.replace
 _basenames: dict[str, str] = {}
@@ -233,6 +235,7 @@ def _in_span(record: Metadata, context: RunContext) -> Metadata:
         SpanEvent(
             name="log",
             time=record.datetime,
+            time_ns=_time_ns(),
             level=record.level,
             attributes={"message": record.message, "lineno": record.lineno},
         )
