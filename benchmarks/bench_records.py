@@ -143,18 +143,18 @@ def case_flowtrail_file(n: int, work: Path) -> dict[str, Any]:
     ok = trace.flush(timeout=600)
     end = time.perf_counter()
     stats = trace.pipelines()[0].stats
-    if not ok:
-        raise SystemExit(f"FAIL: flush timed out ({stats})")
-    fields = check_json_lines(work / "ft" / "run_id=bench" / "metadata.txt", n, top_level)
-    return _result(
+    _measured(
         start,
         loop,
         end,
-        fields,
         exported_during_loop=progress,
         spooled=stats.spooled,
         dropped=stats.dropped,
     )
+    if not ok:
+        raise SystemExit(f"FAIL: flush timed out ({stats})")
+    fields = check_json_lines(work / "ft" / "run_id=bench" / "metadata.txt", n, top_level)
+    return _result(fields)
 
 
 def _flowtrail_sqlite(n: int, work: Path, **options: Any) -> dict[str, Any]:
@@ -176,6 +176,14 @@ def _flowtrail_sqlite(n: int, work: Path, **options: Any) -> dict[str, Any]:
     ok = trace.flush(timeout=600)
     end = time.perf_counter()
     stats = trace.pipelines()[0].stats
+    _measured(
+        start,
+        loop,
+        end,
+        exported_during_loop=progress,
+        spooled=stats.spooled,
+        dropped=stats.dropped,
+    )
     if not ok:
         raise SystemExit(f"FAIL: flush timed out ({stats})")
     conn = sqlite3.connect(str(db))
@@ -191,15 +199,7 @@ def _flowtrail_sqlite(n: int, work: Path, **options: Any) -> dict[str, Any]:
     fields = sum(1 for name in METADATA_FIELDS if name in record)
     if fields != FIELDS or record["filename"] != "bench_records.py" or not record["lineno"]:
         raise SystemExit(f"FAIL: unexpected row {record}")
-    return _result(
-        start,
-        loop,
-        end,
-        fields,
-        exported_during_loop=progress,
-        spooled=stats.spooled,
-        dropped=stats.dropped,
-    )
+    return _result(fields)
 
 
 def case_flowtrail_sqlite(n: int, work: Path) -> dict[str, Any]:
@@ -261,8 +261,9 @@ def case_stdlib_json(n: int, work: Path) -> dict[str, Any]:
     handler.flush()
     os.fsync(handler.stream.fileno())
     end = time.perf_counter()
+    _measured(start, loop, end)
     handler.close()
-    return _result(start, loop, end, check_json_lines(path, n, top_level))
+    return _result(check_json_lines(path, n, top_level))
 
 
 def case_structlog_orjson(n: int, work: Path) -> dict[str, Any]:
@@ -296,8 +297,9 @@ def case_structlog_orjson(n: int, work: Path) -> dict[str, Any]:
     out.flush()
     os.fsync(out.fileno())
     end = time.perf_counter()
+    _measured(start, loop, end)
     out.close()
-    return _result(start, loop, end, check_json_lines(path, n, top_level))
+    return _result(check_json_lines(path, n, top_level))
 
 
 def case_loguru(n: int, work: Path) -> dict[str, Any]:
@@ -321,12 +323,13 @@ def case_loguru(n: int, work: Path) -> dict[str, Any]:
     finally:
         os.close(fd)
     end = time.perf_counter()
+    _measured(start, loop, end)
 
     def count(obj: dict[str, Any]) -> int:
         record = obj["record"]
         return 1 + len(record) - 1 + len(record["extra"])
 
-    return _result(start, loop, end, check_json_lines(path, n, count))
+    return _result(check_json_lines(path, n, count))
 
 
 def case_otel(n: int, work: Path) -> dict[str, Any]:
@@ -386,16 +389,25 @@ def case_otel(n: int, work: Path) -> dict[str, Any]:
         raise SystemExit("FAIL: OpenTelemetry force_flush timed out")
     exporter.sync()
     end = time.perf_counter()
+    _measured(start, loop, end)
     provider.shutdown()
 
     def count(obj: dict[str, Any]) -> int:
         return len(obj) - 1 + len(obj["attributes"])
 
-    return _result(start, loop, end, check_json_lines(path, n, count))
+    return _result(check_json_lines(path, n, count))
 
 
-def _result(start: float, loop: float, end: float, fields: int, **extra: Any) -> dict[str, Any]:
-    return {"loop_s": loop - start, "flush_s": end - loop, "fields": fields, **extra}
+#: Timings of the case running in this process, kept for the report if verifying fails.
+MEASURED: dict[str, Any] = {}
+
+
+def _measured(start: float, loop: float, end: float, **extra: Any) -> None:
+    MEASURED.update(loop_s=loop - start, flush_s=end - loop, **extra)
+
+
+def _result(fields: int) -> dict[str, Any]:
+    return {**MEASURED, "fields": fields}
 
 
 CASES: dict[str, tuple[str, Callable[[int, Path], dict[str, Any]]]] = {
@@ -413,16 +425,26 @@ PEERS = ("stdlib-json", "structlog-orjson", "loguru", "otel")
 
 # ---------------------------------------------------------------------------- driver
 def run_child(case: str, n: int, work: Path) -> dict[str, Any]:
-    result = CASES[case][1](n, work)
+    try:
+        result = CASES[case][1](n, work)
+    except SystemExit as exc:
+        if not MEASURED or not str(exc.code).startswith("FAIL"):
+            raise
+        result = {**MEASURED, "error": str(exc.code)}  # timed, but the output is wrong
     result["caller_us"] = result["loop_s"] / n * 1e6
     result["records_per_s"] = n / (result["loop_s"] + result["flush_s"])
+    module = sys.modules.get("flowtrail")
+    if module is not None:
+        result["flowtrail_from"] = str(Path(module.__file__ or "").parent.parent)
     return result
 
 
-def run_once(case: str, n: int, timeout: float) -> dict[str, Any]:
+def run_once(case: str, n: int, timeout: float, src: str | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"flowtrail-bench-{case}-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWTRAIL_", "OTEL_"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if src:  # measure flowtrail from this tree (ahead of the installed one on sys.path)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--child", case, "--n", str(n)],
@@ -442,7 +464,10 @@ def run_once(case: str, n: int, timeout: float) -> dict[str, Any]:
         if not reason.startswith("FAIL"):
             sys.stderr.write("\n".join(lines[-30:]) + "\n")
         return {"error": reason}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "error" in result:
+        sys.stderr.write(f"\n*** {case} run FAILED: {result['error']}\n")
+    return result
 
 
 def versions() -> dict[str, str]:
@@ -455,6 +480,16 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "missing"
     return found
+
+
+def source_digest(src: Path) -> str:
+    """A digest of every file of the flowtrail package measured (to notice edits)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((src / "flowtrail").rglob("*.py")):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def source_state() -> dict[str, Any]:
@@ -482,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (best is kept)")
     parser.add_argument("--only", default="", help=f"comma-separated cases: {', '.join(CASES)}")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument(
+        "--src",
+        help="measure flowtrail from this source directory (holding flowtrail/), e.g. an "
+        "extracted `git archive`, instead of the installed package",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -495,13 +535,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown case(s) {unknown}; cases: {', '.join(CASES)}")
 
     print(f"{args.n:,} records x {FIELDS} fields, best of {args.repeat}, fresh process per run")
-    state = source_state()
-    dirty = f", uncommitted changes in {len(state['src_changes'])} src file(s)"
-    print(f"flowtrail at {state['commit'][:10]}{dirty if state['src_changes'] else ''}")
+    src = Path(args.src).resolve() if args.src else HERE.parent / "src"
+    if not (src / "flowtrail" / "__init__.py").is_file():
+        parser.error(f"--src {src} does not hold flowtrail/__init__.py")
+    state = source_state() if not args.src else {"commit": "", "src_changes": []}
+    state["src"] = str(src)
+    state["digest_before"] = source_digest(src)
+    if args.src:
+        print(f"flowtrail from {src} (digest {state['digest_before']})")
+    else:
+        dirty = f", uncommitted changes in {len(state['src_changes'])} src file(s)"
+        print(
+            f"flowtrail at {state['commit'][:10]}{dirty if state['src_changes'] else ''} "
+            f"(digest {state['digest_before']})"
+        )
     results: dict[str, Any] = {}
     for case in selected:
-        runs = [run_once(case, args.n, args.timeout) for _ in range(args.repeat)]
+        runs = [run_once(case, args.n, args.timeout, args.src) for _ in range(args.repeat)]
         good = [r for r in runs if "error" not in r]
+        for r in good:
+            if r.get("flowtrail_from", str(src)) != str(src):
+                raise SystemExit(f"FAIL: {case} imported flowtrail from {r['flowtrail_from']}")
         best = None
         if good:
             best = {
@@ -510,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
                 "fields": good[0]["fields"],
             }
         results[case] = {"best": best, "runs": runs, "failed": len(runs) - len(good)}
-        shown = ", ".join("FAIL" if "error" in r else f"{r['records_per_s']:,.0f}" for r in runs)
+        shown = ", ".join(
+            (f"FAIL (caller {r['caller_us']:.2f} µs)" if "caller_us" in r else "FAIL")
+            if "error" in r
+            else f"{r['records_per_s']:,.0f}"
+            for r in runs
+        )
         print(f"  {case:<22} records/s per run: {shown}", flush=True)
         if any("exported_during_loop" in r for r in good):
             during = ", ".join(f"{r['exported_during_loop']:,}" for r in good)
@@ -531,7 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         failed = results[case]["failed"]
         note = f"  ({failed} of {args.repeat} runs FAILED)" if failed else ""
         if found is None:
-            print(f"{CASES[case][0]:<36} {'FAILED: output incomplete, see above':>47}{note}")
+            timed_runs = [r["caller_us"] for r in results[case]["runs"] if "caller_us" in r]
+            caller = f"{min(timed_runs):>15.2f}" if timed_runs else f"{'-':>15}"
+            print(f"{CASES[case][0]:<36} {'-':>6} {caller}  FAILED: output incomplete{note}")
             continue
         rate = found["records_per_s"]
         line = (
@@ -560,6 +621,12 @@ def main(argv: list[str] | None = None) -> int:
         targets.append({"target": name, "value": value, "goal": goal, "status": status})
         print(f"  {status:<5} {name}: {value:,.2f}{unit}")
 
+    state["digest_after"] = source_digest(src)
+    if state["digest_after"] != state["digest_before"]:
+        print(
+            f"\nWARNING: flowtrail's source changed during the run (digest "
+            f"{state['digest_before']} -> {state['digest_after']}): results mix versions"
+        )
     print("\ntargets:")
     file_rate, structlog_rate = (
         best("flowtrail-file", "records_per_s"),
@@ -596,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": versions(),
-        "source": source_state(),
+        "source": state,
         "cases": results,
         "targets": targets,
     }

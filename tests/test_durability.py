@@ -44,13 +44,15 @@ def integrity(db: Path) -> str:
         conn.close()
 
 
+def spooled_records_in(path: Path) -> list[Metadata]:
+    lines = path.read_bytes().splitlines()
+    return [msgspec.json.decode(line, type=Metadata) for line in lines if line.strip()]
+
+
 def spooled_records(folder: Path) -> list[Metadata]:
-    records = []
-    for path in sorted(folder.rglob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            if line.strip():
-                records.append(msgspec.json.decode(line, type=Metadata))
-    return records
+    """The records waiting in the finished spool files under ``folder``, oldest first."""
+    files = sorted(folder.rglob("*.jsonl"), key=lambda p: p.name.split("-")[1])
+    return [record for path in files for record in spooled_records_in(path)]
 
 
 # ---------------------------------------------------------------------- fork
@@ -490,3 +492,75 @@ def test_shutdown_then_log_again(tmp_path: Path) -> None:
     trace.info("after shutdown")
     assert trace.flush()
     assert read_sqlite(db, "again") == ["before shutdown", "after shutdown"]
+
+
+def _moved_run_folder(base: Path, outside: Path) -> None:
+    """A run folder moved elsewhere and replaced by a symlink: the file store refuses to
+    write through it (the path would leave the base), a permanent failure."""
+    base.mkdir(parents=True)
+    outside.mkdir()
+    (base / "run_id=moved").symlink_to(outside, target_is_directory=True)
+
+
+def test_refused_batch_is_not_written_twice_after_repair(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A batch with records of several runs that the file store refuses is spooled
+    whole; none of it may have been written already, or its replay duplicates records."""
+    base, outside = isolated / "traces", isolated / "elsewhere"
+    _moved_run_folder(base, outside)
+    handler = FileHandler(path=str(base), max_retries=0, flush_interval=60.0)
+    good = get_trace("good", handlers=[handler])
+    moved = get_trace("moved", handlers=[handler])
+    good.info("good 0")
+    moved.info("moved 0")  # same batch: nothing is flushed in between
+    good.info("good 1")
+    assert good.flush()
+    assert list(outside.iterdir()) == []
+    assert "would leave" in capsys.readouterr().err
+    (base / "run_id=moved").unlink()  # repaired
+    pipeline = good.pipelines()[0]
+    assert pipeline.close()  # the next worker replays the spool first
+    good.info("good 2")
+    assert good.flush()
+    assert read_file_store(base, "good") == ["good 0", "good 1", "good 2"]
+    assert read_file_store(base, "moved") == ["moved 0"]
+    assert not list((isolated / "logs" / "spool").rglob("*.jsonl*"))
+
+
+def test_a_spool_file_that_never_goes_through_does_not_block_the_others(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spooled batch that fails for good (its run folder is a symlink out of the base)
+    must not keep later spool files of the same handler from being replayed: it is set
+    aside (``.failed``), counted and reported, and the replay goes on with the others."""
+    base, outside = isolated / "traces", isolated / "elsewhere"
+    _moved_run_folder(base, outside)
+    handler = FileHandler(path=str(base), max_retries=0)
+    good = get_trace("good", handlers=[handler])
+    moved = get_trace("moved", handlers=[handler])
+    moved.info("stuck")
+    assert moved.flush()  # refused for good: spooled
+    # A passing outage: the base is briefly not a directory; these batches are spooled too.
+    away = isolated / "traces-away"
+    base.rename(away)
+    base.write_text("not a directory")
+    good.info("waiting 0")
+    good.info("waiting 1")
+    assert good.flush()
+    base.unlink()
+    away.rename(base)
+    assert len(spooled_records(isolated / "logs" / "spool")) == 3
+    pipeline = good.pipelines()[0]
+    assert pipeline.close()  # the next worker replays the spool first
+    good.info("fresh")
+    assert good.flush()
+    assert read_file_store(base, "good") == ["waiting 0", "waiting 1", "fresh"]
+    assert list(outside.iterdir()) == []
+    spool = isolated / "logs" / "spool"
+    assert not list(spool.rglob("*.jsonl")) and not list(spool.rglob("*.claimed-*"))
+    [failed] = list(spool.rglob("*.failed"))
+    assert [r.message for r in spooled_records_in(failed)] == ["stuck"]
+    assert pipeline.stats.replayed == 2
+    assert pipeline.stats.dropped == 1
+    capsys.readouterr()

@@ -468,7 +468,7 @@ def test_record_with_bad_run_id_through_pipeline_writes_nothing_outside(tmp_path
     assert all(p == "logs" or p.startswith("logs/spool") for p in outside), outside
     assert not Path("/tmp/evil-flowtrail").exists()
     assert not (tmp_path / "b").exists()
-    assert list(base.iterdir()) if base.exists() else [] == []
+    assert not base.exists() or list(base.iterdir()) == []
 
 
 def test_stdlib_record_with_unsafe_logger_name_does_not_lose_good_records(

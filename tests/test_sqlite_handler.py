@@ -593,7 +593,9 @@ def test_reader_while_another_process_writes(tmp_path: Path) -> None:
     go.touch()
     handler = SQLiteHandler(path=str(db))
     seen = 0
-    while proc.poll() is None:
+    for _ in range(5000):  # bounded, in case the writer hangs
+        if proc.poll() is not None:
+            break
         if db.exists():
             found = handler.search(run_id="writer", limit=None)
             assert len(found) >= seen

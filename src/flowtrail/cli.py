@@ -73,11 +73,10 @@ def demo(store_url: str | None, quiet: bool) -> None:
     """Run a small example workflow (jobs, stages, a failure that is retried)."""
     from flowtrail.demo import run_demo
     from flowtrail.handlers import ConsoleHandler
-    from flowtrail.stores import open_store
 
     handlers = None
     if store_url or quiet:
-        store = open_store(store_url)
+        store = _store(store_url)
         handlers = [store] if quiet else [ConsoleHandler(), store]
     try:
         run_id = run_demo(handlers=handlers)

@@ -316,7 +316,15 @@ class Pipeline:
                 key = type(exc).__name__
                 self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
                 self.stats.last_error = f"{key}: {exc}"
-                retry = self._retryable(exc) and attempt <= options.max_retries
+                retryable = self._retryable(exc)
+                if not retryable and len(batch) > 1:
+                    # Bad data, not a bad backend: write the halves apart so that only the
+                    # records that can never be written are spooled.
+                    middle = len(batch) // 2
+                    self._export(batch[:middle])
+                    self._export(batch[middle:])
+                    return
+                retry = retryable and attempt <= options.max_retries
                 delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random()
                 if not retry or time.monotonic() + delay > deadline or self._stop.is_set():

@@ -112,8 +112,10 @@ class LiveSpan:
         #: Finished spans of an unsampled trace, kept by its local root until it ends.
         self.pending: list[Span] | None = None if self.sampled else []
         self.start_ns = time.time_ns()
-        self.start_time = trace._clock.now()
+        # Read next to start_ns: end_ns is start_ns plus the wall time from here, so any
+        # gap between the two readings would end the span before what happened inside it.
         self._perf = time.perf_counter_ns()
+        self.start_time = trace._clock.now()
         self._cpu = time.process_time_ns()
         self.memory_start_mb = Memory.rss_mb()
         self._token: Any = None

@@ -21,8 +21,9 @@ def render_html(data: TraceData, *, run_id: str | None = None) -> str:
     """A self-contained HTML page with the timeline of one run."""
     document = run_document(data, run_id=run_id)
     payload = msgspec.json.encode(document).decode()
-    # Keep the JSON inside its script element whatever the messages contain.
-    payload = payload.replace("</", "<\\/").replace("<!--", "<\\!--")
+    # Keep the JSON inside its script element whatever the messages contain: "<" only
+    # occurs inside JSON strings, where the escape \u003c is valid JSON ("<\!--" is not).
+    payload = payload.replace("<", "\\u003c")
     metrics = document["metrics"] or {}
     status = document["status"]
     total = metrics.get("total_duration_ms")
