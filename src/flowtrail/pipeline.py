@@ -31,6 +31,16 @@ from typing import Any, Literal, Protocol
 from flowtrail.spool import Spool
 
 
+class PartialExport(Exception):
+    """Raised by an exporter that wrote part of a batch: ``failed`` are the records it
+    could not write, ``cause`` why. The pipeline retries or spools only those."""
+
+    def __init__(self, failed: Sequence[Any], cause: BaseException) -> None:
+        super().__init__(f"{len(failed)} record(s) not written: {cause}")
+        self.failed = failed
+        self.cause = cause
+
+
 class Exporter(Protocol):
     """The worker side of a handler: receives finished, read-only batches."""
 
@@ -173,8 +183,12 @@ class Pipeline:
         self._wake.set()
 
     def _export_strict(self, batch: list[Any]) -> None:
-        with self._export_lock:
-            self.exporter.export(batch)
+        try:
+            with self._export_lock:
+                self.exporter.export(batch)
+        except PartialExport as partial:
+            self.stats.exported += len(batch) - len(partial.failed)
+            raise partial.cause from partial
         self.stats.exported += len(batch)
 
     def _overflow(self, record: Any) -> None:
@@ -311,20 +325,17 @@ class Pipeline:
                     self.exporter.export(batch)
                 self.stats.exported += len(batch)
                 return
-            except Exception as exc:
+            except Exception as error:
+                exc: BaseException = error
+                if isinstance(error, PartialExport):
+                    # Only the records the exporter could not write are retried or spooled.
+                    self.stats.exported += len(batch) - len(error.failed)
+                    batch, exc = list(error.failed), error.cause
                 attempt += 1
                 key = type(exc).__name__
                 self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
                 self.stats.last_error = f"{key}: {exc}"
-                retryable = self._retryable(exc)
-                if not retryable and len(batch) > 1:
-                    # Bad data, not a bad backend: write the halves apart so that only the
-                    # records that can never be written are spooled.
-                    middle = len(batch) // 2
-                    self._export(batch[:middle])
-                    self._export(batch[middle:])
-                    return
-                retry = retryable and attempt <= options.max_retries
+                retry = self._retryable(exc) and attempt <= options.max_retries
                 delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
                 delay *= 0.5 + random.random()
                 if not retry or time.monotonic() + delay > deadline or self._stop.is_set():

@@ -27,6 +27,7 @@ from flowtrail.handlers.base import (
     check_run_id,
 )
 from flowtrail.handlers.query import RecordFilter, parse_time, sort_by_time, summarize
+from flowtrail.pipeline import PartialExport
 from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
 
 _FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
@@ -142,33 +143,47 @@ class FileHandler(BaseHandler, StoreReader):
         else:
             for record in batch:
                 groups.setdefault(record.run_id, []).append(record)
-        # A refused run id fails the whole batch, which is then spooled whole: refuse it
-        # before any run of the batch is written, or the replay writes those twice.
+        # A run id that is refused fails its own records only; an error while writing
+        # leaves the runs not yet written for the retry, never the ones already written.
         fds = self._descriptors()
-        for run_id in groups:
+        refused: list[Any] = []
+        refusal: ValueError | None = None
+        for run_id in list(groups):
             if (run_id, "metadata.txt") not in fds:
-                self.run_dir(run_id)
-        for run_id, records in groups.items():
-            logs = [r for r in records if r.__class__ is Metadata]
-            spans = (
-                [r for r in records if r.__class__ is not Metadata]
-                if len(logs) < len(records)
-                else []
-            )
-            if logs:
-                out = [line(r) for r in logs if not r.error_flag]
-                err = [line(r) for r in logs if r.error_flag] if len(out) < len(logs) else []
-                if out:
-                    self._write_all(
-                        self._fd(run_id, "stdout.txt"), ("\n".join(out) + "\n").encode()
-                    )
-                if err:
-                    self._write_all(
-                        self._fd(run_id, "stderr.txt"), ("\n".join(err) + "\n").encode()
-                    )
-                self._write_all(self._fd(run_id, "metadata.txt"), encode_lines(logs))
-            if spans:
-                self._write_all(self._fd(run_id, "spans.txt"), encode_lines(spans))
+                try:
+                    self.run_dir(run_id)
+                except ValueError as exc:
+                    refused.extend(groups.pop(run_id))
+                    refusal = exc
+        pending = list(groups)
+        for index, run_id in enumerate(pending):
+            try:
+                self._export_run(run_id, groups[run_id], line)
+            except OSError as exc:
+                if index == 0 and not refused:
+                    raise  # nothing of the batch was written
+                rest = [r for later in pending[index:] for r in groups[later]]
+                raise PartialExport(rest + refused, exc) from exc
+        if refusal is not None:
+            if not pending:
+                raise refusal  # nothing of the batch was written
+            raise PartialExport(refused, refusal)
+
+    def _export_run(self, run_id: str, records: list[Any], line: Any) -> None:
+        logs = [r for r in records if r.__class__ is Metadata]
+        spans = (
+            [r for r in records if r.__class__ is not Metadata] if len(logs) < len(records) else []
+        )
+        if logs:
+            out = [line(r) for r in logs if not r.error_flag]
+            err = [line(r) for r in logs if r.error_flag] if len(out) < len(logs) else []
+            if out:
+                self._write_all(self._fd(run_id, "stdout.txt"), ("\n".join(out) + "\n").encode())
+            if err:
+                self._write_all(self._fd(run_id, "stderr.txt"), ("\n".join(err) + "\n").encode())
+            self._write_all(self._fd(run_id, "metadata.txt"), encode_lines(logs))
+        if spans:
+            self._write_all(self._fd(run_id, "spans.txt"), encode_lines(spans))
 
     def retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, ValueError)
