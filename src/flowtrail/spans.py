@@ -171,10 +171,8 @@ class LiveSpan:
 
     def headers(self) -> dict[str, str]:
         """``traceparent`` (and ``baggage`` when there is some) for an outgoing call."""
-        headers = {"traceparent": self.traceparent()}
-        if self.baggage:
-            headers["baggage"] = format_baggage(self.baggage)
-        return headers
+        baggage = {**dict(self.baggage), "flowtrail.run_id": self.run_id}
+        return {"traceparent": self.traceparent(), "baggage": format_baggage(baggage)}
 
     def __repr__(self) -> str:
         return f"LiveSpan(kind={self.kind!r}, name={self.name!r}, span_id={self.span_id!r})"

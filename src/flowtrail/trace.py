@@ -160,6 +160,14 @@ def _incoming_context(
         items = tuple((str(k), str(v)) for k, v in baggage.items())
     else:
         items = parse_baggage(baggage)
+        members = [m for m in (baggage or "").split(",") if m.strip()]
+        if len(items) < len(members):
+            warnings.warn(
+                f"flowtrail: ignoring {len(members) - len(items)} malformed member(s) of the "
+                f"baggage {baggage!r}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
     return remote, items
 
 
