@@ -1,6 +1,7 @@
 """Open a store for reading by URL: ``sqlite:///relative/to.db`` (``sqlite:////abs.db``
-for an absolute path, as in SQLAlchemy), ``file://dir`` or a plain path (a ``.db``/``.sqlite`` file or a directory of ``run_id=...`` folders). With no URL, the
-first storing handler of the configuration, else the default SQLite store."""
+for an absolute path, as in SQLAlchemy), ``file://dir`` or a plain path (a ``.db`` or
+``.sqlite`` file, or a directory of ``run_id=...`` folders). With no URL, the first
+storing handler of the configuration, else the default SQLite store."""
 
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ def _from_url(url: str) -> StoreReader:
         # SQLAlchemy's rule: sqlite:///rel/x.db is relative, sqlite:////abs/x.db absolute.
         # Many people write sqlite:///tmp/x.db meaning /tmp/x.db: take that when only the
         # absolute file exists.
-        if path and not path.startswith("/") and not Path(path).exists():
-            if Path("/" + path).is_file():
-                path = "/" + path
+        relative_missing = path and not path.startswith("/") and not Path(path).exists()
+        if relative_missing and Path("/" + path).is_file():
+            path = "/" + path
         return SQLiteHandler(path=path or "./logs/flowtrail.db", table_name=table)
     if url.startswith("file://"):
         return FileHandler(path=url[len("file://") :] or "./logs/traces")
