@@ -153,7 +153,10 @@ def case_flowtrail_file(n: int, work: Path) -> dict[str, Any]:
     )
     if not ok:
         raise SystemExit(f"FAIL: flush timed out ({stats})")
-    fields = check_json_lines(work / "ft" / "run_id=bench" / "metadata.txt", n, top_level)
+    try:
+        fields = check_json_lines(work / "ft" / "run_id=bench" / "metadata.txt", n, top_level)
+    except SystemExit as exc:
+        raise SystemExit(f"{exc.code} ({stats})") from None
     return _result(fields)
 
 

@@ -226,7 +226,7 @@ class SpanEvent(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     attributes: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Span(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+class Span(msgspec.Struct, frozen=True, gc=False):
     """A finished span: one workflow, job, stage or node execution.
 
     Ids are W3C sizes in lowercase hex: ``trace_id`` 32 digits, ``span_id`` 16. Times are

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flowtrail.context import (
     Memory,
     Pid,
-    RunContext,
     TraceParent,
     current_run,
     format_baggage,
@@ -59,7 +58,9 @@ class LiveSpan:
         "sampled",
         "root",
         "pending",
+        "names",
         "fields",
+        "overrides",
         "start_ns",
         "start_time",
         "_perf",
@@ -67,6 +68,7 @@ class LiveSpan:
         "memory_start_mb",
         "_token",
         "baggage",
+        "_owns_attributes",
     )
 
     def __init__(
@@ -84,6 +86,7 @@ class LiveSpan:
         self.kind = kind
         self.name = name
         self.attributes = attributes
+        self._owns_attributes = False
         self.events: list[SpanEvent] = []
         self.status = "ok"
         self.status_message: str | None = None
@@ -94,21 +97,22 @@ class LiveSpan:
             self.sampled = parent.sampled
             self.root: LiveSpan = parent.root
             self.baggage = parent.baggage
-            fields = dict(parent.fields)
+            names = dict(parent.names)
         else:
             self.trace_id = trace.trace_id
             self.parent_span_id = remote.span_id if remote is not None else None
             self.sampled = trace.sampled
             self.root = self
             self.baggage = trace.baggage_items
-            fields = {}
+            names = {}
         if kind in JOB_KINDS:
-            fields["job_name"] = name
+            names["job_name"] = name
         elif kind in STAGE_KINDS:
-            fields["stage_name"] = name
+            names["stage_name"] = name
         elif kind == "workflow":
-            fields["workflow_name"] = name
-        self.fields = fields
+            names["workflow_name"] = name
+        #: The workflow, job and stage names this span gives the records inside it.
+        self.names = names
         #: Finished spans of an unsampled trace, kept by its local root until it ends.
         self.pending: list[Span] | None = None if self.sampled else []
         self.start_ns = time.time_ns()
@@ -123,11 +127,17 @@ class LiveSpan:
     # ------------------------------------------------------------------ user API
     def set_attribute(self, key: str, value: Any) -> None:
         """Set one attribute."""
-        self.attributes[key] = value
+        self._own_attributes()[key] = value
 
     def set_attributes(self, **attributes: Any) -> None:
         """Set several attributes."""
-        self.attributes.update(attributes)
+        self._own_attributes().update(attributes)
+
+    def _own_attributes(self) -> dict[str, Any]:
+        if not self._owns_attributes:
+            self.attributes = dict(self.attributes)
+            self._owns_attributes = True
+        return self.attributes
 
     def add_event(self, name: str, **attributes: Any) -> None:
         """Record something that happened now, inside this span."""
@@ -178,28 +188,25 @@ class LiveSpan:
         return f"LiveSpan(kind={self.kind!r}, name={self.name!r}, span_id={self.span_id!r})"
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def live(self) -> LiveSpan:
+        """The open span of this context: itself (a `LiveSpan` is its own `RunContext`)."""
+        return self
+
     def _enter(self) -> None:
+        # The span itself is the run context of the code inside it: it has every
+        # attribute of `RunContext`, so opening a span makes no second object.
         parent = current_run.get()
-        overrides = {
+        self.fields = parent.fields if parent is not None else ()
+        self.overrides = {
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
-            **self.fields,
+            **self.names,
         }
-        context = RunContext(
-            run_id=self.run_id,
-            parent_run_id=self.parent_run_id,
-            trace_id=self.trace_id,
-            span_id=self.span_id,
-            parent_span_id=self.parent_span_id,
-            fields=parent.fields if parent is not None else (),
-            live=self,
-            sampled=self.sampled,
-            baggage=self.baggage,
-            overrides=overrides,
-        )
-        self._token = current_run.set(context)
-        self.trace._span_started(self)
+        self._token = current_run.set(self)  # type: ignore[arg-type]
+        if self.trace._sync:
+            self.trace._span_started(self)
 
     def _finish(self, exc: BaseException | None) -> Span:
         token, self._token = self._token, None
@@ -214,36 +221,45 @@ class LiveSpan:
             self.record_exception(exc)
             self.status = "error"
             self.status_message = f"{type(exc).__qualname__}: {exc}"
-        fields = self.fields
+        names = self.names
+        # Positional, in `Span` field order: much cheaper than 27 keywords per span.
         return Span(
-            run_id=self.run_id,
-            parent_run_id=self.parent_run_id,
-            trace_id=self.trace_id,
-            span_id=self.span_id,
-            parent_span_id=self.parent_span_id,
-            name=self.name,
-            kind=self.kind,
-            start_time=self.start_time,
-            end_time=self.trace._clock.now(),
-            start_ns=self.start_ns,
-            end_ns=self.start_ns + wall_ns,
-            duration_ms=wall_ns / 1e6,
-            status=self.status,  # type: ignore[arg-type]
-            status_message=self.status_message,
-            attributes=self.attributes,
-            events=self.events,
-            workflow_name=fields.get("workflow_name") or self.trace.workflow_name,
-            job_name=fields.get("job_name"),
-            stage_name=fields.get("stage_name"),
-            cpu_time_ms=cpu_ns / 1e6,
-            cpu_percent=round(100.0 * cpu_ns / wall_ns, 1) if wall_ns > 0 else None,
-            memory_start_mb=self.memory_start_mb,
-            memory_end_mb=Memory.rss_mb(),
-            process=Pid.value,
-            thread=threading.get_ident(),
-            hostname=host_info().hostname,
-            sampled=self.sampled,
+            self.run_id,
+            self.trace_id,
+            self.span_id,
+            self.name,
+            self.kind,
+            self.parent_span_id,
+            self.parent_run_id,
+            self.start_time,
+            self.trace._clock.now(),
+            self.start_ns,
+            self.start_ns + wall_ns,
+            wall_ns / 1e6,
+            self.status,  # type: ignore[arg-type]
+            self.status_message,
+            self.attributes,
+            self.events,
+            names.get("workflow_name") or self.trace.workflow_name,
+            names.get("job_name"),
+            names.get("stage_name"),
+            cpu_ns / 1e6,
+            round(100.0 * cpu_ns / wall_ns, 1) if wall_ns > 0 else None,
+            self.memory_start_mb,
+            Memory.rss_mb(),
+            Pid.value,
+            threading.get_ident(),
+            _HOSTNAME[0] or _hostname(),
+            self.sampled,
         )
+
+
+_HOSTNAME: list[str | None] = [None]
+
+
+def _hostname() -> str:
+    _HOSTNAME[0] = host_info().hostname
+    return _HOSTNAME[0]
 
 
 def path_to_errors(spans: list[Span]) -> list[Span]:
@@ -276,8 +292,9 @@ class SpanScope:
         self._open: list[LiveSpan] = []
 
     def _start(self, name: str | None = None) -> LiveSpan:
+        # The span shares the scope's attributes until it sets one (copy on write).
         return self._trace._start_span(
-            self._kind, name or self._name or self._kind, dict(self._attributes)
+            self._kind, name or self._name or self._kind, self._attributes
         )
 
     def __enter__(self) -> LiveSpan:
@@ -324,7 +341,7 @@ class SpanScope:
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                live = trace._start_span(self._kind, name, dict(self._attributes))
+                live = trace._start_span(self._kind, name, self._attributes)
                 try:
                     result = await func(*args, **kwargs)
                 except BaseException as exc:
@@ -337,7 +354,7 @@ class SpanScope:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            live = trace._start_span(self._kind, name, dict(self._attributes))
+            live = trace._start_span(self._kind, name, self._attributes)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
