@@ -35,7 +35,7 @@ ENV_PREFIX: Final = "FLOWTRAIL_"
 
 DEFAULT_LOG_FORMAT: Final = "{datetime} [{level:<9}] ({cut_id}) {message} ({filename}:{lineno})"
 DEFAULT_LOG_FORMAT_FILE: Final = (
-    "{datetime} ({process:5d}, {thread:5d}) ({cut_id}) {message:120s} ({filename}:{lineno})"
+    "{datetime} ({process:5d}, {thread:5d}) ({cut_id}) {message} ({filename}:{lineno})"
 )
 DEFAULT_DATETIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 

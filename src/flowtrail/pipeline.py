@@ -65,10 +65,12 @@ class PipelineOptions:
     """How a pipeline batches, retries and overflows."""
 
     batch_size: int = 1000
-    max_batch_bytes: int = 4 * 1024 * 1024
+    max_batch_bytes: int = 16 * 1024 * 1024
     flush_interval: float = 0.5
     queue_size: int = 100_000
-    overflow: Literal["spill", "drop", "block"] = "spill"
+    overflow: Literal["help", "spill", "drop", "block"] = "spill"
+    #: With ``overflow="help"``: how long the caller waits for the store before spilling.
+    help_timeout: float = 1.0
     spool_dir: str = "./logs/spool"
     max_retries: int = 5
     retry_backoff: float = 0.1
@@ -89,6 +91,10 @@ class PipelineStats:
     retries: int = 0
     last_error: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
+
+
+def _message_of(item: Any) -> str:
+    return getattr(item, "message", "")
 
 
 class _Marker:
@@ -148,6 +154,8 @@ class Pipeline:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._export_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._helpers = 0
         self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
@@ -193,6 +201,8 @@ class Pipeline:
 
     def _overflow(self, record: Any) -> None:
         policy = self.options.overflow
+        if policy == "help" and self._help(record):
+            return
         if policy == "drop":
             self.stats.dropped += 1
             if self.stats.dropped == 1:
@@ -216,6 +226,25 @@ class Pipeline:
             self.stats.dropped += 1
             report_once(self.name, exc, 1, "the record could not be spooled either")
         self._wake.set()
+
+    def _help(self, record: Any) -> bool:
+        """A full queue in front of a local store: the caller writes the oldest batch
+        itself (disk, never network), which keeps order, loses nothing and slows the
+        caller to the store's pace. False if the store stays busy past a short wait
+        (then the record is spilled)."""
+        self._helpers += 1
+        try:
+            acquired = self._drain_lock.acquire(timeout=self.options.help_timeout)
+        finally:
+            self._helpers -= 1
+        if not acquired:
+            return False
+        try:
+            self._queue.append(record)
+            self._drain_one()
+        finally:
+            self._drain_lock.release()
+        return True
 
     def _start(self) -> None:
         with self._start_lock:
@@ -292,28 +321,57 @@ class Pipeline:
                     pass
 
     def _drain(self) -> None:
-        queue = self._queue
-        limit, max_bytes = self.options.batch_size, self.options.max_batch_bytes
-        popleft = queue.popleft
-        while queue:
-            batch: list[Any] = []
-            size = 0
-            while queue and len(batch) < limit and size < max_bytes:
-                item = popleft()
-                if item.__class__ is _Marker:
-                    if batch:
-                        self._export(batch)
-                        batch = []
-                    self._sync()
-                    item.event.set()
-                    continue
-                batch.append(item)
-                size += len(getattr(item, "message", "")) + 400
-            if batch:
-                self._export(batch)
+        while self._queue:
+            with self._drain_lock:
+                self._drain_one()
+            if self._helpers:
+                # Locks are not fair: step aside so a waiting caller gets its turn.
+                time.sleep(0.0005)
         if self.spool.has_open():
             self.spool.seal()
             self._next_replay = 0.0
+
+    def _drain_one(self) -> None:
+        """Take one batch from the head of the queue (up to a flush marker) and export
+        it. Called with the drain lock held, so batches are written in queue order."""
+        queue = self._queue
+        limit = self.options.batch_size
+        if len(queue) > 4 * limit:
+            # A backlog: fewer, larger writes. Each write lets go of the interpreter lock,
+            # and taking it back from a busy caller costs up to the 5 ms switch interval.
+            limit = min(len(queue) // 2, 16 * limit)
+        popleft = queue.popleft
+        batch = [popleft() for _ in range(min(limit, len(queue)))]
+        marker = None
+        kinds = list(map(type, batch))
+        if _Marker in kinds:
+            # Stop at the first flush marker; what follows goes back to the head.
+            cut = kinds.index(_Marker)
+            marker, rest = batch[cut], batch[cut + 1 :]
+            del batch[cut:]
+            queue.extendleft(reversed(rest))
+        for part in self._by_size(batch):
+            self._export(part)
+        if marker is not None:
+            self._sync()
+            marker.event.set()
+
+    def _by_size(self, batch: list[Any]) -> list[list[Any]]:
+        """``batch`` cut into parts of at most ``max_batch_bytes`` (messages plus about
+        400 bytes of fields each)."""
+        max_bytes = self.options.max_batch_bytes
+        if not batch or len(batch) * 400 + sum(map(len, map(_message_of, batch))) <= max_bytes:
+            return [batch] if batch else []
+        parts: list[list[Any]] = [[]]
+        size = 0
+        for item in batch:
+            item_size = len(_message_of(item)) + 400
+            if parts[-1] and size + item_size > max_bytes:
+                parts.append([])
+                size = 0
+            parts[-1].append(item)
+            size += item_size
+        return parts
 
     def _export(self, batch: list[Any]) -> None:
         options = self.options

@@ -84,6 +84,8 @@ class Spool:
         with self._lock:
             entries, self._open = self._open, {}
         for path, handle in entries.values():
+            handle.flush()
+            os.fsync(handle.fileno())
             handle.close()
             os.replace(path, path.with_name(path.name[: -len(".open")]))
 

@@ -65,10 +65,13 @@ class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fi
     batch_size: Annotated[int, msgspec.Meta(gt=0)] = 1000
     #: Seed name of ``batch_size``.
     buffer_size: Annotated[int, msgspec.Meta(gt=0)] | None = None
-    max_batch_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * 1024 * 1024
+    max_batch_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * 1024 * 1024
     flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     queue_size: Annotated[int, msgspec.Meta(gt=0)] = 100_000
-    overflow: Literal["spill", "drop", "block"] = "spill"
+    #: When the queue is full: ``help`` (local stores' default: the caller writes a batch
+    #: itself), ``spill`` (remote stores' default: to the spool), ``drop`` (counted) or
+    #: ``block``.
+    overflow: Literal["help", "spill", "drop", "block"] | None = None
     spool_dir: str | None = None
     max_retries: Annotated[int, msgspec.Meta(ge=0)] = 5
     retry_deadline: Annotated[float, msgspec.Meta(ge=0)] = 30.0
@@ -79,7 +82,7 @@ _PIPELINE_ACCEPTED = {
     "buffer_size": "a positive integer",
     "flush_interval": "a number of seconds",
     "queue_size": "a positive integer",
-    "overflow": "one of 'spill' (default: no loss), 'drop' (counted), 'block'",
+    "overflow": "one of 'help', 'spill', 'drop' (counted), 'block'",
     "max_retries": "an integer >= 0",
     "timeout": "a number of seconds",
 }
@@ -96,6 +99,9 @@ class BaseHandler(logging.Handler):
     Config: ClassVar[type[HandlerConfig]] = HandlerConfig
     #: Written on the caller's thread (console, memory) rather than through a pipeline.
     synchronous: ClassVar[bool] = False
+    #: Writes to this machine's disk (file, SQLite): a full queue may make the caller
+    #: write a batch itself rather than spill.
+    local: ClassVar[bool] = False
     #: Keys of the config that are secrets: never shown in repr or errors.
     secret_keys: ClassVar[frozenset[str]] = frozenset()
     accepted: ClassVar[dict[str, str]] = {}
@@ -199,7 +205,7 @@ class BaseHandler(logging.Handler):
                 max_batch_bytes=config.max_batch_bytes,
                 flush_interval=config.flush_interval,
                 queue_size=config.queue_size,
-                overflow=config.overflow,
+                overflow=config.overflow or ("help" if self.local else "spill"),
                 spool_dir=f"{config.spool_dir or './logs/spool'}/{self.spool_name()}",
                 max_retries=config.max_retries,
                 retry_deadline=config.retry_deadline,

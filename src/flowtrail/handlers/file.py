@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ from flowtrail.pipeline import PartialExport
 from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
 
 _FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
+_ERROR_FLAG = attrgetter("error_flag")
 _MAX_OPEN = 64
 
 
@@ -54,6 +56,7 @@ class FileHandler(BaseHandler, StoreReader):
 
     type: ClassVar[str] = "file"
     Config: ClassVar[type[HandlerConfig]] = FileConfig
+    local: ClassVar[bool] = True
     accepted: ClassVar[dict[str, str]] = {
         "path": "a directory path",
         "format": "a str.format string over record fields",
@@ -170,13 +173,19 @@ class FileHandler(BaseHandler, StoreReader):
             raise PartialExport(refused, refusal)
 
     def _export_run(self, run_id: str, records: list[Any], line: Any) -> None:
-        logs = [r for r in records if r.__class__ is Metadata]
-        spans = (
-            [r for r in records if r.__class__ is not Metadata] if len(logs) < len(records) else []
-        )
+        # map() and attrgetter keep the per-record work in C where they can.
+        if set(map(type, records)) == {Metadata}:
+            logs, spans = records, []
+        else:
+            logs = [r for r in records if r.__class__ is Metadata]
+            spans = [r for r in records if r.__class__ is not Metadata]
         if logs:
-            out = [line(r) for r in logs if not r.error_flag]
-            err = [line(r) for r in logs if r.error_flag] if len(out) < len(logs) else []
+            flags = list(map(_ERROR_FLAG, logs))
+            if True in flags:
+                out = [line(r) for r, error in zip(logs, flags, strict=True) if not error]
+                err = [line(r) for r, error in zip(logs, flags, strict=True) if error]
+            else:
+                out, err = list(map(line, logs)), []
             if out:
                 self._write_all(self._fd(run_id, "stdout.txt"), ("\n".join(out) + "\n").encode())
             if err:
