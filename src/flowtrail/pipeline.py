@@ -71,6 +71,9 @@ class PipelineOptions:
     overflow: Literal["help", "spill", "drop", "block"] = "spill"
     #: With ``overflow="help"``: how long the caller waits for the store before spilling.
     help_timeout: float = 1.0
+    #: A full batch may be written by the caller when the worker is idle (local stores
+    #: whose exporter has ``export_nowait``).
+    caller_runs: bool = False
     spool_dir: str = "./logs/spool"
     max_retries: int = 5
     retry_backoff: float = 0.1
@@ -146,6 +149,7 @@ class Pipeline:
         # sends every record down the slow path.
         self._limit = 0 if strict else options.queue_size
         self._batch_size = options.batch_size
+        self._caller_runs = options.caller_runs and hasattr(exporter, "export_nowait")
         self._init_runtime()
         _all_pipelines.add(self)
 
@@ -173,6 +177,19 @@ class Pipeline:
         if self._worker is None:
             self._start()
         if len(queue) % self._batch_size == 0:
+            self._batch_ready()
+
+    def _batch_ready(self) -> None:
+        """A batch is waiting. For a local store that can write without waiting, the
+        caller writes it now if the worker is not already busy: under a burst this avoids
+        two threads trading the interpreter lock, the dearest part of a write. Otherwise
+        the worker is woken."""
+        if self._caller_runs and self._drain_lock.acquire(blocking=False):
+            try:
+                self._drain_one(on_caller=True)
+            finally:
+                self._drain_lock.release()
+        else:
             self._wake.set()
 
     def _submit_slow(self, record: Any) -> None:
@@ -331,9 +348,11 @@ class Pipeline:
             self.spool.seal()
             self._next_replay = 0.0
 
-    def _drain_one(self) -> None:
+    def _drain_one(self, on_caller: bool = False) -> None:
         """Take one batch from the head of the queue (up to a flush marker) and export
-        it. Called with the drain lock held, so batches are written in queue order."""
+        it. Called with the drain lock held, so batches are written in queue order.
+        ``on_caller``: one attempt that must not wait; on any failure the batch goes back
+        to the head of the queue for the worker, which retries it properly."""
         queue = self._queue
         limit = self.options.batch_size
         if len(queue) > 4 * limit:
@@ -350,8 +369,20 @@ class Pipeline:
             marker, rest = batch[cut], batch[cut + 1 :]
             del batch[cut:]
             queue.extendleft(reversed(rest))
-        for part in self._by_size(batch):
-            self._export(part)
+        if on_caller:
+            try:
+                with self._export_lock:
+                    self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
+                self.stats.exported += len(batch)
+            except Exception:
+                if marker is not None:
+                    queue.appendleft(marker)
+                queue.extendleft(reversed(batch))
+                self._wake.set()
+                return
+        else:
+            for part in self._by_size(batch):
+                self._export(part)
         if marker is not None:
             self._sync()
             marker.event.set()

@@ -206,6 +206,7 @@ class BaseHandler(logging.Handler):
                 flush_interval=config.flush_interval,
                 queue_size=config.queue_size,
                 overflow=config.overflow or ("help" if self.local else "spill"),
+                caller_runs=self.local,
                 spool_dir=f"{config.spool_dir or './logs/spool'}/{self.spool_name()}",
                 max_retries=config.max_retries,
                 retry_deadline=config.retry_deadline,

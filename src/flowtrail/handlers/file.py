@@ -197,6 +197,11 @@ class FileHandler(BaseHandler, StoreReader):
     def retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, ValueError)
 
+    def export_nowait(self, batch: Sequence[Any]) -> None:
+        """`export`, for the caller's thread (a local file never waits for another
+        writer)."""
+        self.export(batch)
+
     def sync(self) -> None:
         if not self.config.fsync:
             return

@@ -246,6 +246,16 @@ class SQLiteHandler(BaseHandler, StoreReader):
     def retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError)
 
+    def export_nowait(self, batch: Sequence[Any]) -> None:
+        """`export` that fails at once, rather than wait, when another process holds
+        the database (the pipeline then leaves the batch to its worker)."""
+        conn = self._writer()
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.export(batch)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
+
     def close_exporter(self) -> None:
         conn = self.__dict__.pop("_conn", None)
         if conn is not None:
