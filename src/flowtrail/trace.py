@@ -188,8 +188,6 @@ def _level_method(level: str) -> Any:
     """The method logging at ``level``: the hot path, written out once for each level so
     that a call is one frame deep and passes no level argument."""
     severity = LEVELS[level]
-    error = severity >= 40
-    mode = "stderr" if error else "stdout"
     wants_exception = level == "exception"
     get_context = current_run.get
     globals_ = _global_handlers
@@ -207,17 +205,14 @@ def _level_method(level: str) -> Any:
         code_file = frame.f_code.co_filename
         now = self._clock.now()
         record = _replace(
-            self._template,
-            level=level,
+            self._templates[level],
             message=message if message.__class__ is str else str(message),
-            error_flag=error,
             datetime=now,
             process=Pid.value,
             thread=_get_ident(),
             filename=_basenames.get(code_file) or _basename(code_file),
             lineno=frame.f_lineno,
             created_at=now,
-            mode=mode,
         )
         if context is not None and context.live is not None:
             record = _in_span(record, context)
@@ -316,6 +311,16 @@ class Trace:
             },
         )
         self._fields = fields
+        #: The template with each level's name, error flag and mode already set.
+        self._templates = {
+            name: _replace(
+                self._template,
+                level=name,
+                error_flag=severity >= 40,
+                mode="stderr" if severity >= 40 else "stdout",
+            )
+            for name, severity in LEVELS.items()
+        }
         self._clock = clock_for(self.settings.log_tz)
         self._min_level = LEVELS[self.settings.log_level]
         if not self.sampled:  # an unsampled trace keeps warnings and errors only
