@@ -60,7 +60,7 @@ class LiveSpan:
         "pending",
         "names",
         "fields",
-        "overrides",
+        "_overrides",
         "start_ns",
         "start_time",
         "_perf",
@@ -193,17 +193,25 @@ class LiveSpan:
         """The open span of this context: itself (a `LiveSpan` is its own `RunContext`)."""
         return self
 
-    def _enter(self) -> None:
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Record fields this span sets on records written inside it (made on the first
+        record: most spans of a busy pipeline have none)."""
+        overrides = self._overrides
+        if overrides is None:
+            overrides = self._overrides = {
+                "trace_id": self.trace_id,
+                "span_id": self.span_id,
+                "parent_span_id": self.parent_span_id,
+                **self.names,
+            }
+        return overrides
+
+    def _enter(self, context: Any) -> None:
         # The span itself is the run context of the code inside it: it has every
         # attribute of `RunContext`, so opening a span makes no second object.
-        parent = current_run.get()
-        self.fields = parent.fields if parent is not None else ()
-        self.overrides = {
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-            "parent_span_id": self.parent_span_id,
-            **self.names,
-        }
+        self.fields = context.fields if context is not None else ()
+        self._overrides = None
         self._token = current_run.set(self)  # type: ignore[arg-type]
         if self.trace._sync:
             self.trace._span_started(self)
@@ -289,7 +297,8 @@ class SpanScope:
         self._kind = kind
         self._name = name
         self._attributes = attributes
-        self._open: list[LiveSpan] = []
+        # The span this scope opened, or a list when it is open several times at once.
+        self._open: LiveSpan | list[LiveSpan] | None = None
 
     def _start(self, name: str | None = None) -> LiveSpan:
         # The span shares the scope's attributes until it sets one (copy on write).
@@ -299,7 +308,13 @@ class SpanScope:
 
     def __enter__(self) -> LiveSpan:
         live = self._start()
-        self._open.append(live)
+        opened = self._open
+        if opened is None:
+            self._open = live
+        elif isinstance(opened, list):
+            opened.append(live)
+        else:
+            self._open = [opened, live]
         return live
 
     def __exit__(
@@ -313,12 +328,17 @@ class SpanScope:
     def _pop(self) -> LiveSpan:
         """The span this ``with`` opened: the one open in the current context (one scope
         may be entered by several tasks or threads at once), else the last opened."""
+        opened = self._open
+        if not isinstance(opened, list):
+            assert opened is not None, "span scope exited more often than entered"
+            self._open = None
+            return opened
         context = current_run.get()
         live = context.live if context is not None else None
-        if live is not None and live in self._open:
-            self._open.remove(live)  # only this context can remove its own span
+        if live is not None and live in opened:
+            opened.remove(live)  # only this context can remove its own span
             return live
-        return self._open.pop()
+        return opened.pop()
 
     async def __aenter__(self) -> LiveSpan:
         return self.__enter__()

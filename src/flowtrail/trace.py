@@ -520,9 +520,15 @@ class Trace:
 
     def _start_span(self, kind: str, name: str, attributes: dict[str, Any]) -> LiveSpan:
         context = current_run.get()
-        parent = context.live if context is not None else None
-        live = LiveSpan(self, kind, name, attributes, parent, self._remote)
-        live._enter()
+        live = LiveSpan(
+            self,
+            kind,
+            name,
+            attributes,
+            context.live if context is not None else None,
+            self._remote,
+        )
+        live._enter(context)
         return live
 
     def _span_started(self, live: LiveSpan) -> None:
@@ -533,7 +539,11 @@ class Trace:
     def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
         span = live._finish(exc)
         if span.sampled:
-            self._submit(span)
+            if self._direct and not _global_handlers[0]:
+                for pipeline in self._pipes:
+                    pipeline.submit(span)
+            else:
+                self._submit(span)
             return span
         # An unsampled trace keeps its spans until its local root ends, then writes
         # only the ones on the path to an error.
