@@ -77,7 +77,9 @@ class SQLiteSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 provider = TracerProvider()
-processor = BatchSpanProcessor(SQLiteSpanExporter(), max_queue_size=n + 1, max_export_batch_size=512)
+processor = BatchSpanProcessor(
+    SQLiteSpanExporter(), max_queue_size=n + 1, max_export_batch_size=512
+)
 provider.add_span_processor(processor)
 tracer = provider.get_tracer("bench")
 t0 = time.perf_counter()
@@ -182,7 +184,8 @@ def main() -> None:
         }
     ft, ot = results["flowtrail"], results["opentelemetry-sdk"]
     print(
-        f"{args.n} spans with 20 attributes, to SQLite through a batch worker (best of {args.repeat})"
+        f"{args.n} spans with 20 attributes, to SQLite through a batch worker "
+        f"(best of {args.repeat})"
     )
     print(f"{'case':<20}{'caller µs/span':>16}{'stored µs/span':>16}")
     for name, row in results.items():
