@@ -545,12 +545,21 @@ def all_pipelines() -> list[Pipeline]:
 
 
 def flush_all(timeout: float | None = 30.0) -> bool:
-    """Flush every pipeline; False if any did not finish in time."""
+    """Flush every pipeline, all within ``timeout``; False if any did not finish."""
+    return _each_within(timeout, Pipeline.flush)
+
+
+def close_all(timeout: float | None = 30.0) -> bool:
+    """Flush every pipeline and stop its worker, all within ``timeout``."""
+    return _each_within(timeout, Pipeline.close)
+
+
+def _each_within(timeout: float | None, action: Callable[[Pipeline, float | None], bool]) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout
     ok = True
     for pipeline in all_pipelines():
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ok = pipeline.flush(left) and ok
+        ok = action(pipeline, left) and ok
     return ok
 
 

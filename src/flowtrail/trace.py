@@ -48,8 +48,7 @@ from flowtrail.handlers import (
     check_run_id,
     make_handler,
 )
-from flowtrail.handlers.base import PipelineConfig
-from flowtrail.pipeline import Pipeline
+from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
 from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
 
@@ -322,6 +321,7 @@ class Trace:
             for name, severity in LEVELS.items()
         }
         self._clock = clock_for(self.settings.log_tz)
+        set_exit_timeout(self.settings.exit_timeout)
         self._min_level = LEVELS[self.settings.log_level]
         if not self.sampled:  # an unsampled trace keeps warnings and errors only
             self._min_level = max(self._min_level, LEVELS["warning"])
@@ -666,16 +666,7 @@ def get_trace(
 def shutdown(timeout: float | None = 30.0) -> bool:
     """Flush every pipeline of this process and stop its workers, all within
     ``timeout`` seconds."""
-    import time
-
-    from flowtrail.pipeline import all_pipelines
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    ok = True
-    for pipeline in all_pipelines():
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ok = pipeline.close(left) and ok
-    return ok
+    return close_all(timeout)
 
 
-__all__ = ["PipelineConfig", "Trace", "active_trace", "default_handlers", "get_trace", "shutdown"]
+__all__ = ["Trace", "active_trace", "default_handlers", "get_trace", "shutdown"]
