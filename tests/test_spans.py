@@ -530,3 +530,18 @@ def test_finished_spans_reach_every_handler(tmp_path: Path, capsys) -> None:
         assert read_back == original
         (summary,) = store.runs()
         assert (summary.spans, summary.span_errors, summary.status) == (2, 1, "ok")
+
+
+def test_bare_decorator_makes_a_stage_span_named_after_the_function() -> None:
+    memory = MemoryHandler()
+    trace = get_trace("bare-decorator", handlers=[memory])
+
+    @trace.span
+    def load_rows() -> int:
+        trace.info("loading")
+        return 3
+
+    assert load_rows() == 3
+    (span,) = memory.spans
+    assert (span.kind, span.name, span.status) == ("stage", "load_rows", "ok")
+    assert memory.records[0].span_id == span.span_id

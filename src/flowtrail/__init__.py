@@ -11,7 +11,8 @@ from flowtrail.handlers import (
     make_handler,
 )
 from flowtrail.pipeline import flush_all
-from flowtrail.records import LEVELS, Message, Metadata, RunSummary, TraceData
+from flowtrail.records import LEVELS, Message, Metadata, RunSummary, Span, SpanEvent, TraceData
+from flowtrail.spans import LiveSpan
 from flowtrail.stdlib import FlowtrailLogHandler
 from flowtrail.testing import capture_traces
 from flowtrail.trace import Trace, active_trace, get_trace, shutdown
@@ -25,12 +26,15 @@ __all__ = [
     "ConsoleHandler",
     "FileHandler",
     "FlowtrailLogHandler",
+    "LiveSpan",
     "MemoryHandler",
     "Message",
     "Metadata",
     "RunSummary",
     "SQLiteHandler",
     "Settings",
+    "Span",
+    "SpanEvent",
     "Trace",
     "TraceData",
     "active_trace",

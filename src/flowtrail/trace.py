@@ -504,7 +504,7 @@ class Trace:
         return self._pipes
 
     # ------------------------------------------------------------------ spans
-    def span(self, kind: str = "stage", name: str | None = None, **attributes: Any) -> SpanScope:
+    def span(self, kind: Any = "stage", name: str | None = None, **attributes: Any) -> Any:
         """A span around a workflow, job, stage or node::
 
             with trace.span("job", name="extract", source="s3") as span:
@@ -515,7 +515,10 @@ class Trace:
 
         Spans nest by context; records written inside carry the span's ids and are
         attached to it as events; an exception leaving the span marks it ``error``,
-        is recorded as an event, and propagates."""
+        is recorded as an event, and propagates. ``@trace.span`` without arguments
+        makes a ``stage`` span named after the function."""
+        if callable(kind) and name is None and not attributes:
+            return SpanScope(self, "stage", None, {})(kind)
         return SpanScope(self, kind, name, attributes)
 
     def _start_span(self, kind: str, name: str, attributes: dict[str, Any]) -> LiveSpan:
