@@ -83,11 +83,19 @@ def demo(store_url: str | None, quiet: bool) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     where = f" --store {store_url}" if store_url else ""
+    stored = store_url or "./logs/flowtrail.db (SQLite)"
+    hints = [
+        (f"flowtrail runs{where}", "list runs"),
+        (f"flowtrail show {run_id}{where}", "the tree of jobs and stages, with their logs"),
+        (f"flowtrail stats --workflow demo-etl{where}", "durations, errors, success rate"),
+        (f"flowtrail report {run_id} -o run.html{where}", "an HTML timeline to open"),
+        (f"flowtrail search retrying{where}", "find records by text"),
+    ]
+    width = max(len(command) for command, _ in hints)
     click.echo("")
-    click.echo(f"Demo run {run_id} finished; its records are stored.")
-    click.echo(f"  flowtrail runs{where}              # list runs")
-    click.echo(f"  flowtrail show {run_id}{where}     # read this run")
-    click.echo(f"  flowtrail search retrying{where}   # find records by text")
+    click.echo(f"Demo run {run_id} finished; its records are in {stored}. Look at it:")
+    for command, what in hints:
+        click.echo(f"  {command:<{width}}   # {what}")
 
 
 @main.command()
