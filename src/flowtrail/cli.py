@@ -181,6 +181,25 @@ def _load_run(store: Any, run_id: str, children: bool) -> Any:
     return data
 
 
+_TREE_STYLES = (
+    ("✗", "bold red"),
+    ("[EXCEPTION]", "bold red"),
+    ("[ERROR]", "red"),
+    ("! ", "red"),
+    ("[WARNING]", "yellow"),
+    ("[DEBUG]", "dim"),
+    ("✓", "green"),
+    ("→", "bold"),
+)
+
+
+def _print_styled_tree(text: str, console: Console) -> None:
+    """The tree on a terminal: failures red, warnings yellow, span starts bold."""
+    for line in text.splitlines():
+        style = next((s for mark, s in _TREE_STYLES if mark in line), None)
+        console.print(line, style=style, markup=False, highlight=False)
+
+
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -205,12 +224,19 @@ def show(run_id: str, store_url: str | None, fmt: str, children: bool) -> None:
     from flowtrail.formats.document import run_json
     from flowtrail.formats.tree import render_tree
 
-    data = _load_run(_store(store_url), run_id, children)
+    status = Console(stderr=True)
+    with status.status("reading the run…") if status.is_terminal else _nothing():
+        data = _load_run(_store(store_url), run_id, children)
     if fmt == "json":
         _write(run_json(data, run_id=run_id) + "\n")
         return
     if fmt == "human" and data.spans:
-        _write(render_tree(data, run_id=run_id))
+        text = render_tree(data, run_id=run_id)
+        console = _console()
+        if console.is_terminal:
+            _print_styled_tree(text, console)
+        else:
+            _write(text)
         return
     console = _console()
     first, last = data.meta[0], data.meta[-1]
