@@ -8,6 +8,7 @@ changed after they are handed to a pipeline.
 from __future__ import annotations
 
 import re
+from datetime import datetime as _datetime
 from typing import Any, ClassVar, Final, Literal
 
 import msgspec
@@ -126,6 +127,19 @@ class TraceData(msgspec.Struct, kw_only=True):
         return self.meta[0].run_id if self.meta else None
 
 
+_ISO_FRACTION = re.compile(r"(T\d\d:\d\d:\d\d)\.(\d+)")
+
+
+def parse_iso(text: str) -> _datetime:
+    """Read an ISO-8601 time as Python 3.11 does, on 3.10 too: a ``Z`` suffix, and any
+    number of fraction digits (3.10 takes only 3 or 6). Raises ``ValueError``."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    text = _ISO_FRACTION.sub(lambda m: f"{m.group(1)}.{(m.group(2) + '000000')[:6]}", text)
+    return _datetime.fromisoformat(text)
+
+
 class RunSummary(msgspec.Struct, kw_only=True):
     """One run as listed by a store: when it ran and how it went."""
 
@@ -157,11 +171,9 @@ class RunSummary(msgspec.Struct, kw_only=True):
         """Seconds from the first to the last record."""
         if not self.start or not self.end:
             return None
-        from datetime import datetime
-
         try:
-            delta = datetime.fromisoformat(self.end) - datetime.fromisoformat(self.start)
-        except ValueError:
+            delta = parse_iso(self.end) - parse_iso(self.start)
+        except (TypeError, ValueError):
             return None
         return delta.total_seconds()
 

@@ -3,13 +3,12 @@ line, used by the console and by ``stdout.txt``/``stderr.txt`` of the file store
 
 from __future__ import annotations
 
-import datetime as _dt
 import string
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from flowtrail.records import METADATA_FIELDS, Metadata, render_message
+from flowtrail.records import METADATA_FIELDS, Metadata, parse_iso, render_message
 
 _OPTIONAL = {
     name
@@ -37,7 +36,7 @@ class _DatetimeText:
 
     def __call__(self, iso: str) -> str:
         try:
-            text = _dt.datetime.fromisoformat(iso).strftime(self.fmt)
+            text = parse_iso(iso).strftime(self.fmt)
         except ValueError:
             text = iso
         if self.per_second:

@@ -4,11 +4,10 @@ marks and the logs under the span they were written in, then a summary."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from flowtrail.metrics import Metrics, aggregate
-from flowtrail.records import Metadata, Span, TraceData
+from flowtrail.records import Metadata, Span, TraceData, parse_iso
 
 OK_MARK = "✓"
 ERROR_MARK = "✗"
@@ -22,7 +21,7 @@ def duration_text(ms: float) -> str:
 def iso_ns(text: str) -> int:
     """Nanoseconds since the epoch of an ISO-8601 time (0 if it cannot be read)."""
     try:
-        moment = datetime.fromisoformat(text)
+        moment = parse_iso(text)
     except (TypeError, ValueError):
         return 0
     seconds = int(moment.timestamp())

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary, Span
+from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary, Span, parse_iso
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -17,7 +17,7 @@ def parse_time(value: Any) -> datetime:
         moment = value
     else:
         try:
-            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            moment = parse_iso(str(value))
         except ValueError:
             return _EARLIEST
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
