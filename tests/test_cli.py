@@ -100,9 +100,17 @@ def test_runs(demo) -> None:
         "status",
         "records",
         "errors",
+        "failed_spans",
     ]
     row = lines[1].split("\t")
-    assert (row[0], row[1], row[4], row[5], row[6]) == (run_id, "demo-etl", "ok", "26", "0")
+    assert (row[0], row[1], row[4], row[5], row[6], row[7]) == (
+        run_id,
+        "demo-etl",
+        "ok",
+        "26",
+        "0",
+        "1",  # the validate attempt that failed and was retried
+    )
 
     (summary,) = json.loads(cli("runs", "--json", cwd=folder).stdout)
     assert summary["run_id"] == run_id

@@ -511,3 +511,11 @@ def test_every_setting_is_documented_in_errors() -> None:
     from flowtrail.config import _ACCEPTED
 
     assert set(SETTING_KEYS) == set(_ACCEPTED)
+
+
+def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWTRAIL_LOG_ADD_EMOJI", "maybe")
+    with pytest.raises(ConfigError) as caught:
+        get_trace("env-error")
+    text = str(caught.value)
+    assert "FLOWTRAIL_LOG_ADD_EMOJI" in text and "'maybe'" in text and "true or false" in text

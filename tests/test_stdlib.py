@@ -408,3 +408,38 @@ def test_direct_handler_ignores_flowtrails_own_and_http_client_loggers(name: str
         log.setLevel(old[0])
         log.propagate = old[1]
     assert handler.records == []
+
+
+def test_bridge_records_inside_a_span_carry_its_ids() -> None:
+    memory = MemoryHandler()
+    logger = logging.getLogger("bridge-span")
+    handler = FlowtrailLogHandler()
+    logger.addHandler(handler)
+    try:
+        with (
+            get_trace("bridge-span", handlers=[memory]) as trace,
+            trace.span("job", name="j") as job,
+        ):
+            logger.warning("through the bridge")
+    finally:
+        logger.removeHandler(handler)
+    (record,) = [r for r in memory.records if r.message == "through the bridge"]
+    assert (record.span_id, record.trace_id, record.job_name) == (job.span_id, job.trace_id, "j")
+    assert [e.attributes["message"] for e in memory.spans[0].events] == ["through the bridge"]
+
+
+def test_bridge_follows_an_open_span_without_a_with_block() -> None:
+    memory = MemoryHandler()
+    logger = logging.getLogger("bridge-span-only")
+    handler = FlowtrailLogHandler()
+    logger.addHandler(handler)
+    trace = get_trace("bridge-span-only", handlers=[memory])
+    try:
+        logger.warning("outside any span: no trace to send it to")
+        with trace.span("stage", name="s") as stage:
+            logger.error("inside the span")
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.message, r.span_id, r.run_id) for r in memory.records] == [
+        ("inside the span", stage.span_id, "bridge-span-only")
+    ]

@@ -132,10 +132,17 @@ def runs(
         return
     if console.is_terminal:
         table = Table(
-            "run id", "workflow", "start (UTC)", "duration", "status", "records", "errors"
+            "run id",
+            "workflow",
+            "start (UTC)",
+            "duration",
+            "status",
+            "records",
+            "errors",
+            "failed spans",
         )
         for s in summaries:
-            style = "red" if s.errors else "green"
+            style = "red" if s.status == "error" else "green"
             table.add_row(
                 s.run_id,
                 s.workflow_name or "-",
@@ -144,14 +151,17 @@ def runs(
                 f"[{style}]{s.status}[/]",
                 str(s.records),
                 str(s.errors),
+                str(s.span_errors),
             )
         console.print(table)
         return
-    click.echo("run_id\tworkflow\tstart\tduration\tstatus\trecords\terrors")
+    # "errors" counts error records; "failed_spans" spans that ended in error, such as an
+    # attempt that was retried (the status says how the run itself ended).
+    click.echo("run_id\tworkflow\tstart\tduration\tstatus\trecords\terrors\tfailed_spans")
     for s in summaries:
         click.echo(
             f"{s.run_id}\t{s.workflow_name or '-'}\t{s.start or '-'}\t{_duration(s)}\t"
-            f"{s.status}\t{s.records}\t{s.errors}"
+            f"{s.status}\t{s.records}\t{s.errors}\t{s.span_errors}"
         )
 
 

@@ -286,11 +286,18 @@ def validate_settings(layers: list[tuple[str, Mapping[str, Any]]]) -> Settings:
         if key is None:
             raise ConfigError(f"flowtrail config: {reason}") from None
         raise ConfigError(
-            f"flowtrail config: {key!r} = {merged.get(key)!r} (from {source_of.get(key, '?')})"
+            f"flowtrail config: {key!r} = {merged.get(key)!r} (from {_where(key, source_of)})"
             f" is not valid: {reason}"
         ) from None
     _check_values(settings, source_of)
     return settings
+
+
+def _where(key: str, source_of: Mapping[str, str]) -> str:
+    source = source_of.get(key, "the defaults")
+    if source == "the environment":
+        return f"the environment variable {ENV_PREFIX}{key.upper()}"
+    return source
 
 
 def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
@@ -300,7 +307,7 @@ def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
     def fail(key: str, why: str) -> ConfigError:
         return ConfigError(
             f"flowtrail config: {key!r} = {getattr(settings, key)!r} "
-            f"(from {source_of.get(key, 'defaults')}) is not valid: {why}; "
+            f"(from {_where(key, source_of)}) is not valid: {why}; "
             f"expected {_ACCEPTED[key]}"
         )
 

@@ -138,7 +138,11 @@ class FlowtrailLogHandler(logging.Handler):
         try:
             from flowtrail.trace import active_trace
 
-            trace = active_trace() or self.trace
+            trace = active_trace()
+            if trace is None:
+                context = current_run.get()
+                live = context.live if context is not None else None
+                trace = live.trace if live is not None else self.trace
             if trace is not None:
                 trace._log_record(record)
         except Exception:

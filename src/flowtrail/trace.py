@@ -428,24 +428,26 @@ class Trace:
         from flowtrail.stdlib import record_level
 
         level = record_level(record)
-        if LEVELS[level] < self._min_level:
+        severity = LEVELS[level]
+        if severity < self._min_level:
+            return
+        context = current_run.get()
+        if context is not None and not context.sampled and severity < 30:
             return
         now = self._clock.now()
-        error = LEVELS[level] >= 40
         meta = _replace(
-            self._template,
-            level=level,
+            self._templates[level],
             message=record.getMessage(),
-            error_flag=error,
             datetime=now,
             process=record.process or Pid.value,
             thread=record.thread or _get_ident(),
             filename=_basename(record.pathname),
             lineno=record.lineno,
             created_at=now,
-            mode="stderr" if error else "stdout",
             metadata={**self._template.metadata, "logger": record.name},
         )
+        if context is not None and context.live is not None:
+            meta = _in_span(meta, context)
         if record.exc_info and record.exc_info[1] is not None:
             meta = self._with_exception(meta, record.exc_info[1])
         self._submit(meta)
