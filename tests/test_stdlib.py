@@ -123,12 +123,13 @@ def test_bridge_follows_nested_traces(logger: logging.Logger) -> None:
         with get_trace("stage", parent_run_id="job", handlers=[memory]):
             logger.info("in stage")
         logger.info("back in job")
+    # Each block hands its records over when it ends: the inner one first.
     assert [(r.run_id, r.message) for r in memory.records] == [
-        ("job", "in job"),
         ("stage", "in stage"),
+        ("job", "in job"),
         ("job", "back in job"),
     ]
-    assert memory.records[1].parent_run_id == "job"
+    assert memory.records[0].parent_run_id == "job"
 
 
 LEVEL_CASES = [

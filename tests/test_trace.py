@@ -522,11 +522,16 @@ def test_records_after_the_block_are_not_buffered(tmp_path: Path) -> None:
     assert [r.message for r in data.meta] == ["inside", "after"]
 
 
-def test_synchronous_handlers_are_not_buffered() -> None:
+def test_synchronous_handlers_are_buffered_too() -> None:
+    """ "All logs are buffered and flushed at exit" (seed 000): the memory and console
+    handlers get the block's records when it ends, then records go through at once."""
     memory = MemoryHandler()
     with get_trace("sync-run", handlers=[memory]) as trace:
-        trace.info("seen at once")
-        assert memory.messages == ["seen at once"]
+        trace.info("held")
+        assert memory.messages == []
+    assert memory.messages == ["held"]
+    trace.info("after the block")
+    assert memory.messages == ["held", "after the block"]
 
 
 def test_with_block_reused_buffers_again(tmp_path: Path) -> None:

@@ -400,19 +400,19 @@ class Trace:
             stack_trace="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
 
-    def _submit(self, record: Metadata | None) -> None:
+    def _submit(self, record: Metadata | Span | None) -> None:
         if record is None:
             return
-        for handler in self._sync:
-            handler.write(record)
-        for handler in _global_handlers[0]:
+        for handler in _global_handlers[0]:  # capture_traces() observes every call
             handler.write(record)
         buffer = self._buffer
-        if buffer is not None:
+        if buffer is not None:  # inside ``with``: every handler gets it when the block ends
             buffer.append(record)
             if len(buffer) >= _BUFFER_LIMIT:
                 self._release_buffer()
             return
+        for handler in self._sync:
+            handler.write(record)
         for pipeline in self._pipes:
             pipeline.submit(record)
 
@@ -420,6 +420,9 @@ class Trace:
         buffer = self._buffer
         if buffer:
             self._buffer = []
+            for handler in self._sync:
+                for record in buffer:
+                    handler.write(record)
             for pipeline in self._pipes:
                 pipeline.submit_many(buffer)
 
@@ -537,7 +540,7 @@ class Trace:
         return live
 
     def _span_started(self, live: LiveSpan) -> None:
-        if live.sampled:
+        if live.sampled and self._buffer is None:
             for handler in self._sync:
                 handler.span_started(live)
 
