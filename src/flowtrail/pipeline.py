@@ -8,6 +8,12 @@ written to the spool; the spool is replayed later. A full queue spills to the sp
 default (``overflow="spill"``), or drops and counts (``"drop"``), or makes the caller wait
 (``"block"``).
 
+For local stores (file, SQLite) two more rules avoid the cost of two threads trading the
+interpreter lock (a thread that gives it up for I/O waits up to the 5 ms switch interval
+to get it back from a busy one): when a full batch waits and the worker is idle, the
+caller writes it itself; when the queue is full, the caller waits for the store
+(``overflow="help"``) rather than spill. Remote stores never do either.
+
 `flush` puts a marker in the queue and waits for the worker to pass it, so it returns when
 every record handed in before it is written or spooled. Interpreter exit flushes every
 pipeline within ``exit_timeout`` and spools what is left; a forked child starts with empty

@@ -3,7 +3,9 @@
 A call such as ``trace.info("...")`` builds one immutable record on the caller's thread
 (ids from the context, a cached time stamp, the caller's file and line from its frame),
 writes it to the console, and appends it to each storing handler's pipeline queue. It
-never waits on a disk or a network and never raises a handler's failure.
+never waits on a network and never raises a handler's failure. Only in a burst, when a
+full batch of a local store (file, SQLite) waits and its worker is idle, does the caller
+write that batch itself (see `flowtrail.pipeline`).
 """
 
 from __future__ import annotations
