@@ -519,3 +519,27 @@ def test_a_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPa
         get_trace("env-error")
     text = str(caught.value)
     assert "FLOWTRAIL_LOG_ADD_EMOJI" in text and "'maybe'" in text and "true or false" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "offset"),
+    [
+        ("+07:00", "+07:00"),
+        ("-05:30", "-05:30"),
+        ("UTC", "+00:00"),
+    ],
+)
+def test_log_tz_takes_names_offsets_and_tzinfo_objects(value: str, offset: str) -> None:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    for given in (
+        value,
+        dt.timezone(dt.timedelta(hours=int(offset[:3]), minutes=int(offset[0] + offset[4:]))),
+    ):
+        memory = MemoryHandler()
+        get_trace("tz-run", handlers=[memory], log_tz=given).info("x")
+        assert memory.records[0].datetime.endswith(offset), given
+    memory = MemoryHandler()
+    get_trace("tz-run", handlers=[memory], extras={"log_tz": ZoneInfo("Asia/Bangkok")}).info("x")
+    assert memory.records[0].datetime.endswith("+07:00")

@@ -83,7 +83,7 @@ _ACCEPTED: Final[dict[str, str]] = {
     "log_format": "a str.format string over record fields, e.g. '{datetime} {message}'",
     "log_format_file": "a str.format string over record fields, e.g. '{datetime} {message}'",
     "log_datetime_format": "a strftime format such as '%Y-%m-%d %H:%M:%S'",
-    "log_tz": "'UTC' or an IANA time zone name such as 'Europe/Paris'",
+    "log_tz": "'UTC', an IANA time zone name such as 'Europe/Paris', or an offset like '+07:00'",
     "log_add_emoji": "true or false",
     "logs_trace_frame_layer": "an integer >= 1",
     "log_level": "one of debug, info, warning, error, exception",
@@ -270,6 +270,10 @@ def validate_settings(layers: list[tuple[str, Mapping[str, Any]]]) -> Settings:
         for key, value in values.items():
             merged[key] = value
             source_of[key] = source
+    if "log_tz" in merged:
+        from flowtrail.context import tz_name
+
+        merged["log_tz"] = tz_name(merged["log_tz"])
     if merged.get("trace_handlers") is not None:
         handlers = merged["trace_handlers"]
         if isinstance(handlers, (str, bytes, Mapping)) or not hasattr(handlers, "__iter__"):

@@ -87,8 +87,30 @@ class Clock:
 
 @lru_cache(maxsize=64)
 def clock_for(tz_name: str) -> Clock:
-    """The shared `Clock` of a time zone name (``UTC`` or any IANA name)."""
-    return Clock(UTC if tz_name.upper() == "UTC" else ZoneInfo(tz_name))
+    """The shared `Clock` of a time zone: ``UTC``, an IANA name (``Asia/Bangkok``) or a
+    fixed offset (``+07:00``)."""
+    if tz_name.upper() in ("UTC", "Z"):
+        return Clock(UTC)
+    if tz_name[:1] in "+-" and len(tz_name) == 6 and tz_name[3] == ":":
+        sign = -1 if tz_name[0] == "-" else 1
+        hours, minutes = int(tz_name[1:3]), int(tz_name[4:6])
+        return Clock(_dt.timezone(sign * _dt.timedelta(hours=hours, minutes=minutes)))
+    return Clock(ZoneInfo(tz_name))
+
+
+def tz_name(value: Any) -> Any:
+    """A time zone setting as text: `ZoneInfo` and `datetime.timezone` objects become
+    their name or offset; anything else is returned as it is."""
+    if isinstance(value, ZoneInfo):
+        return value.key
+    if isinstance(value, _dt.timezone):
+        offset = value.utcoffset(None)
+        if not offset:
+            return "UTC"
+        total = int(offset.total_seconds()) // 60
+        sign = "-" if total < 0 else "+"
+        return f"{sign}{abs(total) // 60:02d}:{abs(total) % 60:02d}"
+    return value
 
 
 @dataclass(frozen=True)
