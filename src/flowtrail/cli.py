@@ -210,14 +210,25 @@ def _print_styled_tree(text: str, console: Console) -> None:
         console.print(line, style=style, markup=False, highlight=False)
 
 
+def _newest_run(store: Any, failed: bool) -> str:
+    """The newest top-level run of ``store`` (that failed, with ``failed``)."""
+    summaries = [s for s in store.runs() if not s.parent_run_id]
+    if failed:
+        summaries = [s for s in summaries if s.status == "error"]
+    if not summaries:
+        raise click.ClickException("no failed runs in this store" if failed else "no runs yet")
+    return summaries[0].run_id
+
+
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
 
 
 @main.command()
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--failed", is_flag=True, help="Without RUN_ID: the newest run that failed.")
 @click.option(
     "--format",
     "fmt",
@@ -229,14 +240,18 @@ def _write(text: str) -> None:
 @click.option(
     "--children/--no-children", default=True, show_default=True, help="Include child runs."
 )
-def show(run_id: str, store_url: str | None, fmt: str, children: bool) -> None:
-    """Print one run: its tree of spans with their logs, then a summary."""
+def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, children: bool) -> None:
+    """Print one run (default: the newest; --failed: the newest that failed): its tree of
+    spans with their logs, then a summary with the first failure."""
     from flowtrail.formats.document import run_json
     from flowtrail.formats.tree import render_tree
 
+    store = _store(store_url)
+    if run_id is None:
+        run_id = _newest_run(store, failed)
     status = Console(stderr=True)
     with status.status("reading the run…") if status.is_terminal else _nothing():
-        data = _load_run(_store(store_url), run_id, children)
+        data = _load_run(store, run_id, children)
     if fmt == "json":
         _write(run_json(data, run_id=run_id) + "\n")
         return

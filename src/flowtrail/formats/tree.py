@@ -45,6 +45,19 @@ def _log_lines(record: Metadata, pad: str) -> list[str]:
     return lines
 
 
+def _raised_at(span: Span) -> list[str]:
+    """The last frame of the span's exception: where it was raised, and the line."""
+    for event in span.events:
+        stack = event.attributes.get("exception.stacktrace") if event.name == "exception" else None
+        if stack:
+            frames = [line for line in stack.rstrip().splitlines() if line.strip()]
+            where = [i for i, line in enumerate(frames) if line.lstrip().startswith("File ")]
+            if where:
+                last = where[-1]
+                return [frames[last].strip()] + [f.strip() for f in frames[last + 1 : last + 2]]
+    return []
+
+
 def render_tree(
     data: TraceData, *, run_id: str | None = None, metrics: Metrics | None = None
 ) -> str:
@@ -130,4 +143,5 @@ def render_summary(data: TraceData, metrics: Metrics | None = None) -> list[str]
         lines.append(
             f"- First Failure: {first.kind}.{first.name}: {first.status_message or 'error'}"
         )
+        lines.extend(f"    {line}" for line in _raised_at(first))
     return lines
