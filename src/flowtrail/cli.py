@@ -1,10 +1,11 @@
 """The ``flowtrail`` command line, built on the stores' readers.
 
-``flowtrail demo`` runs a built-in workflow; ``runs`` lists runs; ``show RUN_ID`` prints
-one run; ``search TEXT`` finds records. Every reading command takes ``--store URL``
-(``sqlite:///path.db``, ``file://dir``, or a path); the default is the configured store,
-else ``./logs/flowtrail.db``. Output is a rich table on a terminal and plain text when
-piped.
+``flowtrail demo`` runs a built-in workflow; ``runs`` lists runs; ``show [RUN_ID]``
+prints one run as a tree; ``search TEXT`` finds records; ``stats`` aggregates spans;
+``tail`` follows a run; ``report`` writes an HTML timeline. Every reading command takes
+``--store URL`` (``sqlite:///path.db``, ``file://dir``, or a path); the default is the
+configured store, else ``./logs/flowtrail.db``. Output is rich on a terminal and plain
+text when piped.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def _short_time(text: str | None) -> str:
 
 
 def _duration(summary: RunSummary) -> str:
+    from flowtrail.formats.tree import duration_text
+
     seconds = summary.duration_s
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+    return "-" if seconds is None else duration_text(seconds * 1000)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
