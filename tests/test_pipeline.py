@@ -565,3 +565,25 @@ def test_interpreter_exit_flushes_pending_records(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "files" / "run_id=exit-run" / "metadata.txt").read_text().splitlines()
     assert [json.loads(line)["message"] for line in lines] == [f"record {i}" for i in range(100)]
+
+
+def test_a_partial_write_on_the_callers_thread_is_not_written_twice(tmp_path: Path) -> None:
+    """A burst makes the caller write full batches itself; when part of such a batch is
+    refused (a run id the file store cannot take), the runs already written are not
+    handed to the worker again."""
+    from flowtrail import FileHandler, Metadata
+    from flowtrail.pipeline import get_pipeline
+
+    base = tmp_path / "traces"
+    handler = FileHandler(path=str(base), batch_size=4, max_retries=0).bound(
+        flowtrail.config.resolve_settings()
+    )
+    pipeline = handler.pipeline()
+    assert pipeline is get_pipeline(handler.pipeline_key(), lambda: None)  # type: ignore[arg-type]
+    good = [Metadata(run_id="good", message=f"m{i}") for i in range(3)]
+    bad = Metadata(run_id="x" * 249, message="refused")  # too long for a folder name
+    for record in [*good, bad]:
+        pipeline.submit(record)
+    assert pipeline.flush(10.0)
+    lines = (base / "run_id=good" / "metadata.txt").read_text().splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["m0", "m1", "m2"]

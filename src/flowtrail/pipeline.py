@@ -380,7 +380,10 @@ class Pipeline:
                 with self._export_lock:
                     self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
                 self.stats.exported += len(batch)
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, PartialExport):  # what was written stays written
+                    self.stats.exported += len(batch) - len(exc.failed)
+                    batch = list(exc.failed)
                 if marker is not None:
                     queue.appendleft(marker)
                 queue.extendleft(reversed(batch))
