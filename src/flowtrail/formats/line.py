@@ -3,6 +3,7 @@ line, used by the console and by ``stdout.txt``/``stderr.txt`` of the file store
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from functools import lru_cache
@@ -18,6 +19,10 @@ _OPTIONAL = {
     if "None" in str(ftype)
 }
 _CONVERSIONS = {None, "r", "s", "a"}
+# Text that can stand in f-string source as it is (no braces, quotes, backslashes or line
+# ends); anything else is passed in as a named constant.
+_SAFE_LITERAL = re.compile(r"^[^{}'\"\\\r\n]*$")
+_SAFE_SPEC = re.compile(r"^[0-9A-Za-z<>^=+\- ,._%#]*$")
 
 
 class LineFormatError(ValueError):
@@ -61,7 +66,9 @@ def compile_line_format(
     env: dict[str, Any] = {"_msg": render_message}
     pieces: list[str] = []
     for index, (literal, field, spec, conversion) in enumerate(parts):
-        if literal:
+        if literal and _SAFE_LITERAL.match(literal):
+            pieces.append(literal)  # plain text goes into the f-string as it is
+        elif literal:
             env[f"_L{index}"] = literal
             pieces.append(f"{{_L{index}}}")
         if field is None:
@@ -90,7 +97,9 @@ def compile_line_format(
         else:
             expr = f"r.{field}"
         conv = f"!{conversion}" if conversion else ""
-        if spec:
+        if spec and _SAFE_SPEC.match(spec):
+            pieces.append(f"{{{expr}{conv}:{spec}}}")
+        elif spec:
             env[f"_S{index}"] = spec
             pieces.append(f"{{{expr}{conv}:{{_S{index}}}}}")
         else:
