@@ -7,17 +7,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from flowtrail import ConfigError, Metadata, SQLiteHandler, TraceData, get_trace, make_handler
-
-UTC = timezone.utc
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-PLUS_TWO = timezone(timedelta(hours=2))
+from store_cases import ALL, _stamp, dataset, search_cases
 
 #: The seed's CREATE TABLE: column name -> (declared type, NOT NULL).
 SEED_COLUMNS = {
@@ -59,111 +55,8 @@ SEED_COLUMNS = {
 }
 
 
-def _stamp(minutes: float, tz: timezone = UTC) -> str:
-    return (T0 + timedelta(minutes=minutes)).astimezone(tz).isoformat(timespec="microseconds")
-
-
-def _record(run_id: str, level: str, message: str, minutes: float, **fields) -> Metadata:
-    tz = fields.pop("tz", UTC)
-    return Metadata(
-        run_id=run_id,
-        level=level,
-        message=message,
-        error_flag=level in ("error", "exception"),
-        mode="stderr" if level in ("error", "exception") else "stdout",
-        datetime=_stamp(minutes, tz),
-        created_at=_stamp(minutes, tz),
-        process=1234,
-        thread=5678,
-        filename="job.py",
-        lineno=int(minutes) + 1,
-        **fields,
-    )
-
-
-def dataset() -> dict[str, list[Metadata]]:
-    """Three runs; ``beta`` is a child of ``alpha``; ``gamma`` is stamped in +02:00."""
-    return {
-        "alpha": [
-            _record("alpha", "info", "[WORKFLOW]: Start alpha", 0, workflow_name="etl"),
-            _record("alpha", "debug", "loading rows", 1, workflow_name="etl"),
-            _record("alpha", "warning", "Retrying upload", 2, workflow_name="etl"),
-            _record("alpha", "error", "Upload FAILED", 3, workflow_name="etl"),
-        ],
-        "beta": [
-            _record(
-                "beta", "info", "render report", 10, workflow_name="report", parent_run_id="alpha"
-            ),
-            _record(
-                "beta",
-                "exception",
-                "boom",
-                11,
-                workflow_name="report",
-                parent_run_id="alpha",
-                exception_type="ZeroDivisionError",
-                exception_message="division by zero",
-                stack_trace="Traceback ...",
-            ),
-        ],
-        "gamma": [
-            _record("gamma", "info", "100% done", 20, workflow_name="etl", tz=PLUS_TWO),
-            _record("gamma", "info", "1000 done", 21, workflow_name="etl", tz=PLUS_TWO),
-            _record("gamma", "info", "a_b", 22, workflow_name="etl", tz=PLUS_TWO),
-            _record("gamma", "info", "axb", 23, workflow_name="etl", tz=PLUS_TWO),
-            _record("gamma", "info", "Échec total", 24, workflow_name="etl", tz=PLUS_TWO),
-        ],
-    }
-
-
-ALL = [
-    "[WORKFLOW]: Start alpha",
-    "loading rows",
-    "Retrying upload",
-    "Upload FAILED",
-    "render report",
-    "boom",
-    "100% done",
-    "1000 done",
-    "a_b",
-    "axb",
-    "Échec total",
-]
-
-#: (search keyword arguments, expected messages oldest first); the same table as the
-#: file store's, so both readers answer alike.
-SEARCH_CASES = [
-    ({}, ALL),
-    ({"text": "upload"}, ["Retrying upload", "Upload FAILED"]),
-    ({"text": "UPLOAD"}, ["Retrying upload", "Upload FAILED"]),
-    ({"text": "division"}, ["boom"]),
-    ({"text": "100%"}, ["100% done"]),
-    ({"text": "a_b"}, ["a_b"]),
-    ({"text": "ÉCHEC"}, ["Échec total"]),
-    ({"text": "échec"}, ["Échec total"]),
-    ({"text": "no such text"}, []),
-    ({"run_id": "beta"}, ["render report", "boom"]),
-    ({"run_id": "nobody"}, []),
-    ({"workflow": "etl"}, [m for m in ALL if m not in ("render report", "boom")]),
-    ({"workflow": "report"}, ["render report", "boom"]),
-    ({"workflow": "nothing"}, []),
-    ({"level": "debug"}, ALL),
-    ({"level": "warning"}, ["Retrying upload", "Upload FAILED", "boom"]),
-    ({"level": "ERROR"}, ["Upload FAILED", "boom"]),
-    ({"level": "exception"}, ["boom"]),
-    ({"since": _stamp(10)}, ALL[4:]),
-    ({"until": _stamp(3)}, ALL[:4]),
-    ({"since": _stamp(2), "until": _stamp(11)}, ALL[2:6]),
-    ({"since": T0 + timedelta(minutes=20)}, ALL[6:]),
-    ({"since": "2026-01-01T12:21:00"}, ALL[7:]),
-    ({"until": "2026-01-01T12:00:00Z"}, ALL[:1]),
-    ({"since": _stamp(22, PLUS_TWO), "until": _stamp(23, UTC)}, ["a_b", "axb"]),
-    ({"text": "done", "workflow": "etl", "level": "info", "since": _stamp(21)}, ["1000 done"]),
-    ({"text": "o", "run_id": "alpha", "level": "warning"}, ["Retrying upload", "Upload FAILED"]),
-    ({"limit": 2}, ALL[:2]),
-    ({"workflow": "etl", "limit": 5}, ALL[:4] + ALL[6:7]),
-    ({"limit": None}, ALL),
-]
+#: (search keyword arguments, expected messages oldest first)
+SEARCH_CASES = search_cases()
 
 
 def write_dataset(handler: SQLiteHandler) -> None:
