@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines
 
@@ -43,8 +43,10 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._lock = threading.Lock()
-        self._open: dict[str, tuple[Path, IO[bytes]]] = {}
+        # Re-entrant, and appends are one os.write: a signal handler that logs may
+        # interrupt this thread in the middle of an append.
+        self._lock = threading.RLock()
+        self._open: dict[str, tuple[Path, int]] = {}
 
     def _new_path(self, kind: str, suffix: str) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -74,19 +76,21 @@ class Spool:
             entry = self._open.get(kind)
             if entry is None:
                 path = self._new_path(kind, ".open")
-                entry = (path, path.open("ab"))
-                self._open[kind] = entry
-            entry[1].write(line)
-            entry[1].flush()
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                entry = self._open[kind] = (path, fd)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(entry[1], view) :]
 
     def seal(self) -> None:
         """Close the open overflow files and make them replayable."""
         with self._lock:
             entries, self._open = self._open, {}
-        for path, handle in entries.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
+        for path, fd in entries.values():
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(path, path.with_name(path.name[: -len(".open")]))
 
     def has_open(self) -> bool:
@@ -95,7 +99,7 @@ class Spool:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's open files without sealing them."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._open = {}
 
     def pending(self) -> list[Path]:
