@@ -233,8 +233,12 @@ class Pipeline:
         self._queue: deque[Any] = deque()
         self._wake = _Waker()
         self._stop = threading.Event()
-        self._export_lock = threading.Lock()
-        self._drain_lock = threading.Lock()
+        # Re-entrant locks for their owner test: a lock taken without waiting is released
+        # in ``finally`` if this thread owns it, so an exception a signal handler raises
+        # right after the acquire cannot leave it held; and a signal handler that logs
+        # while this thread writes sees the lock is its own and leaves the store alone.
+        self._export_lock = threading.RLock()
+        self._drain_lock = threading.RLock()
         self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
@@ -363,35 +367,42 @@ class Pipeline:
         other exception (a `KeyboardInterrupt`, or one raised by a signal handler in the
         middle of the write) also puts back what was not written, then reaches the
         caller."""
+        drain, export = self._drain_lock, self._export_lock
         if (
             not self._caller_runs
             or self._caller_paused_at == self.stats.exported
-            or not self._drain_lock.acquire(blocking=False)
+            or drain._is_owned()  # type: ignore[attr-defined]
         ):
             return False
         try:
-            if not self._export_lock.acquire(blocking=False):
+            if not drain.acquire(blocking=False) or not export.acquire(blocking=False):
                 return False
-            try:
-                return self._caller_export()
-            finally:
-                self._export_lock.release()
+            return self._caller_export()
         finally:
-            self._drain_lock.release()
+            if export._is_owned():  # type: ignore[attr-defined]
+                export.release()
+            if drain._is_owned():  # type: ignore[attr-defined]
+                drain.release()
 
     def _caller_export(self) -> bool:
-        batch = self._take(self.options.batch_size)
-        if not batch:
-            return False  # a flush marker is next: the worker handles it
+        self._recover_inflight()
+        batch: list[Any] = []
         try:
+            batch = self._take(self.options.batch_size)
+            if not batch:
+                return False  # a flush marker is next: the worker handles it
             self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
         except BaseException as exc:
+            # First put back what was not written, with as little work as possible
+            # before it: another signal may land in this block too.
+            if exc.__class__ is PartialExport:
+                self._inflight = exc.failed  # type: ignore[attr-defined]
+            self._recover_inflight()
             failed: Sequence[Any] = batch
             cause: BaseException = exc
             if isinstance(exc, PartialExport):  # what was written stays written
                 failed, cause = exc.failed, exc.cause
             self.stats.exported += len(batch) - len(failed)
-            self._give_back(failed)
             self._wake.set()
             if is_store_failure(cause):
                 self._caller_paused_at = self.stats.exported
@@ -419,9 +430,15 @@ class Pipeline:
         batch.extend(starmap(queue.popleft, repeat((), count)))
         return batch
 
-    def _give_back(self, records: Sequence[Any]) -> None:
-        """Put records that were not written back at the head of the queue, in order."""
-        self._queue.extendleft(reversed(records))
+    def _recover_inflight(self) -> None:
+        """Put records a write took and did not write back at the head of the queue, in
+        order (called with the drain lock held, so nothing else is in flight). Safe to
+        repeat: records already put back are not put back twice."""
+        inflight = self._inflight
+        if inflight:
+            queue = self._queue
+            if not (queue and queue[0] is inflight[0]):
+                queue.extendleft(reversed(inflight))
         self._inflight = None
 
     def _start(self) -> None:
@@ -441,7 +458,12 @@ class Pipeline:
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record handed in before this call is written or spooled.
-        Returns False if ``timeout`` passed first."""
+        Returns False if ``timeout`` passed first. During interpreter exit no flush waits
+        past the exit deadline (``exit_timeout``)."""
+        exit_deadline = _exit_deadline[0]
+        if exit_deadline is not None:
+            left = max(0.0, exit_deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
         worker = self._worker
         if self.strict or (not self._queue and (worker is None or not worker.is_alive())):
             return True
@@ -499,14 +521,15 @@ class Pipeline:
 
     def _close_exporter(self, wait: bool = False) -> None:
         # At exit the worker may be stuck in the store holding the lock: never wait then.
-        if not self._export_lock.acquire(timeout=1.0 if wait else 0.0):
-            return
+        lock = self._export_lock
         try:
-            self.exporter.close_exporter()
+            if lock.acquire(timeout=1.0 if wait else 0.0):
+                self.exporter.close_exporter()
         except Exception:
             pass
         finally:
-            self._export_lock.release()
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
 
     def pending(self) -> int:
         """Records waiting in the queue."""
@@ -555,6 +578,7 @@ class Pipeline:
             # A backlog: fewer, larger writes. Each write lets go of the interpreter lock,
             # and taking it back from a busy caller costs up to the 5 ms switch interval.
             limit = min(len(queue) // 2, 16 * limit)
+        self._recover_inflight()
         batch = self._take(limit)
         if batch:
             size = _big_bytes(batch)
@@ -696,6 +720,8 @@ _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _registry: dict[Hashable, Pipeline] = {}
 _registry_lock = threading.RLock()
 _exit_timeout = [10.0]
+#: Set when interpreter exit begins: the monotonic time by which it must be done.
+_exit_deadline: list[float | None] = [None]
 
 
 def get_pipeline(
@@ -747,6 +773,7 @@ def set_exit_timeout(seconds: float) -> None:
 
 def _at_exit() -> None:
     deadline = time.monotonic() + _exit_timeout[0]
+    _exit_deadline[0] = deadline
     for pipeline in all_pipelines():
         try:
             pipeline._shutdown(deadline)
@@ -756,6 +783,7 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     global _registry_lock, _report_lock
+    _exit_deadline[0] = None
     _registry_lock = threading.RLock()
     _report_lock = threading.RLock()
     for pipeline in list(_all_pipelines):
