@@ -6,51 +6,29 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from flowtrail.config import ConfigError, Settings, describe_validation_error, unknown_key_error
+from flowtrail.config import (
+    ConfigError,
+    Settings,
+    describe_validation_error,
+    resolve_settings,
+    unknown_key_error,
+)
+
+# Run ids are checked in context.py; these names stay importable from here.
+from flowtrail.context import MAX_RUN_ID_BYTES as MAX_RUN_ID_BYTES
+from flowtrail.context import check_run_id
+from flowtrail.context import safe_run_id as safe_run_id
+from flowtrail.logrecords import drop_echo, is_ignored_logger, metadata_from_log_record, writing
 from flowtrail.pipeline import Pipeline, PipelineOptions, get_pipeline
 from flowtrail.records import Metadata, TraceData
 
 if TYPE_CHECKING:
     from flowtrail.records import RunSummary
-
-_RUN_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
-#: Longest run id in UTF-8 bytes: ``run_id=<id>`` must fit a 255-byte folder name.
-MAX_RUN_ID_BYTES = 248
-
-
-def check_run_id(run_id: Any) -> str:
-    """Return ``run_id`` if it is a safe run id, else raise ``ValueError``: a run id is a
-    non-empty string of at most 255 characters without path separators, control
-    characters or NUL, and is not ``.`` or ``..``; so it can name a directory that stays
-    inside its store."""
-    if not isinstance(run_id, str) or not run_id:
-        raise ValueError(f"run id must be a non-empty string, got {run_id!r}")
-    if (
-        len(run_id.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES
-        or run_id in (".", "..")
-        or _RUN_ID_FORBIDDEN.search(run_id)
-    ):
-        raise ValueError(
-            f"run id {run_id!r} is not allowed: use at most {MAX_RUN_ID_BYTES} bytes (UTF-8) "
-            "without '/', '\\', control characters or NUL, and not '.' or '..'"
-        )
-    return run_id
-
-
-def safe_run_id(text: str) -> str:
-    """``text`` made into an allowed run id (used for stdlib logger names)."""
-    cleaned = _RUN_ID_FORBIDDEN.sub("_", text or "") or "_"
-    if cleaned in (".", ".."):
-        cleaned = cleaned.replace(".", "_")
-    while len(cleaned.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES:
-        cleaned = cleaned[:-1]
-    return cleaned
 
 
 class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -264,15 +242,12 @@ class BaseHandler(logging.Handler):
     # ------------------------------------------------------------------ stdlib face
     def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
         """Take a stdlib log record (direct-handler form)."""
-        from flowtrail.stdlib import is_ignored_logger, metadata_from_log_record
-
-        if is_ignored_logger(record.name):
+        if is_ignored_logger(record.name) or drop_echo(record):
             return
+        writing.active = True
         try:
             settings = self._direct_settings
             if settings is None:
-                from flowtrail.config import resolve_settings
-
                 settings = self._direct_settings = resolve_settings(extras=self.extras)
             meta = metadata_from_log_record(
                 record,
@@ -286,6 +261,8 @@ class BaseHandler(logging.Handler):
             raise
         except Exception:
             self.handleError(record)
+        finally:
+            writing.active = False
 
     def handle_metadata(self, meta: Metadata, settings: Settings) -> None:
         """Route one record to this handler (used by the stdlib bridge)."""
@@ -301,8 +278,6 @@ class BaseHandler(logging.Handler):
         """Wait until records handed to this handler's pipeline are written."""
         if self.synchronous:
             return True
-        from flowtrail.config import resolve_settings
-
         settings = self._direct_settings or resolve_settings(extras=self.extras)
         return self.bound(settings).pipeline(settings.strict).flush(timeout)
 
