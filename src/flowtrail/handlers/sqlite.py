@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -36,7 +36,7 @@ from flowtrail.records import (
     TraceData,
 )
 
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
 _JSON_COLUMNS = {"tags", "metadata"}
 _COLUMN_TYPES = {
     "run_id": "TEXT NOT NULL",
@@ -72,7 +72,7 @@ _json_decode = msgspec.json.decode
 
 def check_table_name(name: str) -> str:
     """Return ``name`` if it is a plain SQL identifier, else raise `ConfigError`."""
-    if not isinstance(name, str) or not _TABLE_NAME.match(name):
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise ConfigError(
             f"flowtrail config: handler 'sqlite' option 'table_name' = {name!r} is not valid: "
             "expected letters, digits and '_', starting with a letter or '_' (at most 63)"
@@ -88,7 +88,7 @@ class SQLiteConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fie
     #: Table of log records (spans go to ``<table_name>_spans``).
     table_name: str = "traces"
     #: Milliseconds a writer waits for another process's transaction.
-    busy_timeout_ms: int = 30_000
+    busy_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
     #: ``NORMAL`` survives a killed process; ``FULL`` also a power loss.
     synchronous: str = "NORMAL"
     #: Line format used to rebuild stdout/stderr text when reading.
@@ -105,18 +105,17 @@ class SQLiteHandler(BaseHandler, StoreReader):
         "path": "a database file path",
         "table_name": "a plain SQL identifier",
         "synchronous": "NORMAL or FULL",
+        "busy_timeout_ms": "an integer number of milliseconds >= 0",
     }
 
     config: SQLiteConfig
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        check_table_name(self.config.table_name)
-        if self.config.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(
-                f"flowtrail config: handler 'sqlite' option 'synchronous' = "
-                f"{self.config.synchronous!r} is not valid: expected NORMAL or FULL"
-            )
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        super().check_config(config)
+        check_table_name(config.table_name)
+        if config.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise cls.option_error("synchronous", config.synchronous, "unknown mode")
 
     def resolve(self, settings: Settings) -> Any:
         config = super().resolve(settings)
