@@ -9,6 +9,7 @@ locked" never reaches the workflow.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -70,6 +71,16 @@ _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
 
+def _create_file(path: Path, mode: int) -> None:
+    """Create ``path`` empty with ``mode`` unless it exists (SQLite takes an empty file
+    as a new database, and gives its -wal and -shm files the same permissions)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def check_table_name(name: str) -> str:
     """Return ``name`` if it is a plain SQL identifier, else raise `ConfigError`."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
@@ -93,6 +104,9 @@ class SQLiteConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fie
     synchronous: str = "NORMAL"
     #: Line format used to rebuild stdout/stderr text when reading.
     format: str | None = None
+    #: Permissions of a new database file (and so of its -wal and -shm files): owner
+    #: only by default, since records may hold secrets put in ``metadata``.
+    file_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o600
 
 
 class SQLiteHandler(BaseHandler, StoreReader):
@@ -106,6 +120,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         "table_name": "a plain SQL identifier",
         "synchronous": "NORMAL or FULL",
         "busy_timeout_ms": "an integer number of milliseconds >= 0",
+        "file_mode": "a permission mode from 0 to 0o777 such as 0o600 (JSON: 384)",
     }
 
     config: SQLiteConfig
@@ -136,6 +151,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         path = Path(self.config.path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_file(path, self.config.file_mode)
         conn = sqlite3.connect(
             str(path),
             timeout=self.config.busy_timeout_ms / 1000,
