@@ -4,7 +4,10 @@ Every ``import flowtrail...`` and ``from flowtrail... import`` counts, wherever 
 at module level, inside a function (a deferred import that dodges a cycle is still a
 cycle) or under ``TYPE_CHECKING``. A package's ``__init__`` is its own node. Importing
 ``flowtrail.a.b`` also imports the package ``flowtrail.a``, except where that package is
-one the importing module sits in (it is already being imported by then).
+one the importing module sits in (it is already being imported by then). ``from
+flowtrail.a import b`` names the module ``flowtrail.a.b`` when there is one, else the
+package ``flowtrail.a`` (a name its ``__init__`` defines): so a submodule that takes a
+name from ``flowtrail`` itself closes a cycle through the package's ``__init__``.
 """
 
 from __future__ import annotations
@@ -18,22 +21,21 @@ SOURCE = ROOT / "src"
 PACKAGE = "flowtrail"
 
 
-def module_name(path: Path) -> str:
-    """``flowtrail.handlers`` for ``.../flowtrail/handlers/__init__.py``."""
-    parts = list(path.relative_to(SOURCE).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+def all_modules(source: Path = SOURCE, package: str = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by name (``flowtrail.handlers`` for its
+    ``__init__.py``)."""
+    found = {}
+    for path in sorted((source / package).rglob("*.py")):
+        parts = list(path.relative_to(source).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
 
 
-def all_modules() -> dict[str, Path]:
-    """Every module of the package by name."""
-    return {module_name(path): path for path in sorted((SOURCE / PACKAGE).rglob("*.py"))}
-
-
-def imported_names(path: Path, name: str, is_package: bool) -> set[str]:
-    """The flowtrail modules one module names in any import statement, at any depth."""
-    here = name if is_package else name.rpartition(".")[0]
+def imported_modules(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The modules of the package one module imports by name, at any depth."""
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
@@ -45,33 +47,31 @@ def imported_names(path: Path, name: str, is_package: bool) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.add(target)
-            # ``from flowtrail.formats import line`` imports the module ``line`` too.
-            found.update(f"{target}.{alias.name}" for alias in node.names)
-    return {n for n in found if n == PACKAGE or n.startswith(PACKAGE + ".")}
+            for alias in node.names:
+                module = f"{target}.{alias.name}"
+                found.add(module if module in modules else target)
+    return {n for n in found if n in modules}
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the flowtrail modules importing it runs."""
-    modules = all_modules()
+def import_graph(source: Path = SOURCE, package: str = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules that importing it runs."""
+    modules = all_modules(source, package)
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        is_package = path.name == "__init__.py"
-        own_packages = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
-        if not is_package:
-            own_packages.discard(name)
+        parts = name.split(".")
+        own_packages = {".".join(parts[:i]) for i in range(1, len(parts))}
+        if path.name == "__init__.py":
+            own_packages.add(name)
         edges: set[str] = set()
-        for target in imported_names(path, name, is_package):
-            parts = target.split(".")
-            # The named module and every package above it, as far as they are modules.
-            for i in range(1, len(parts) + 1):
-                candidate = ".".join(parts[:i])
-                implicit = i < len(parts)
-                if candidate not in modules or candidate == name:
-                    continue
-                if implicit and candidate in own_packages:
-                    continue  # a package this module is in: already importing
-                edges.add(candidate)
+        for target in imported_modules(path, name, modules):
+            edges.add(target)
+            # The packages above it are imported first, unless this module is in them.
+            pieces = target.split(".")
+            for i in range(1, len(pieces)):
+                above = ".".join(pieces[:i])
+                if above not in own_packages:
+                    edges.add(above)
+        edges.discard(name)
         graph[name] = edges
     return graph
 
@@ -108,6 +108,34 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     assert "flowtrail.formats.tree" in graph["flowtrail.cli"]
     # the package imports its submodules
     assert "flowtrail.trace" in graph["flowtrail"]
+
+
+def test_the_rules_on_a_small_package(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "from pkg.a import A\nfrom pkg.sub.c import C\n",
+        "a.py": "from pkg import b\nA = 1\n",  # a module of the package: no cycle
+        "b.py": "def f():\n    import pkg.sub.c\n",  # deferred, and implies pkg.sub
+        "sub/__init__.py": "",
+        "sub/c.py": "from pkg.sub import d\nC = 1\n",
+        "sub/d.py": "",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    graph = import_graph(tmp_path, "pkg")
+    assert graph == {
+        "pkg": {"pkg.a", "pkg.sub", "pkg.sub.c"},
+        "pkg.a": {"pkg.b"},
+        "pkg.b": {"pkg.sub", "pkg.sub.c"},
+        "pkg.sub": set(),
+        "pkg.sub.c": {"pkg.sub.d"},
+        "pkg.sub.d": set(),
+    }
+    assert find_cycle(graph) is None
+    (package / "sub" / "d.py").write_text("from pkg import A\n")  # a name of __init__
+    cycle = find_cycle(import_graph(tmp_path, "pkg"))
+    assert cycle == ["pkg", "pkg.a", "pkg.b", "pkg.sub.c", "pkg.sub.d", "pkg"]
 
 
 def test_find_cycle_finds_a_deferred_cycle() -> None:
