@@ -218,12 +218,12 @@ class FileHandler(BaseHandler, StoreReader):
 
     def _export_run(self, run_id: str, records: list[Any], line: Any) -> None:
         # map() and attrgetter keep the per-record work in C where they can.
-        writes: list[tuple[str, bytes]] = []
         if set(map(type, records)) == {Metadata}:
             logs, spans = records, []
         else:
             logs = [r for r in records if r.__class__ is Metadata]
             spans = [r for r in records if r.__class__ is not Metadata]
+        payloads: list[tuple[str, bytes]] = []
         if logs:
             flags = list(map(_ERROR_FLAG, logs))
             if True in flags:
@@ -232,16 +232,16 @@ class FileHandler(BaseHandler, StoreReader):
             else:
                 out, err = list(map(line, logs)), []
             if out:
-                writes.append(("stdout.txt", ("\n".join(out) + "\n").encode()))
+                payloads.append(("stdout.txt", ("\n".join(out) + "\n").encode()))
             if err:
-                writes.append(("stderr.txt", ("\n".join(err) + "\n").encode()))
-            writes.append(("metadata.txt", encode_lines(logs)))
+                payloads.append(("stderr.txt", ("\n".join(err) + "\n").encode()))
+            payloads.append(("metadata.txt", encode_lines(logs)))
         if spans:
-            writes.append(("spans.txt", encode_lines(spans)))
+            payloads.append(("spans.txt", encode_lines(spans)))
         # Every file is opened before any is written: a refused one (`RefusedFile`)
         # leaves the run untouched rather than half written.
-        opened = [(self._fd(run_id, name), data) for name, data in writes]
-        for fd, data in opened:
+        writes = [(self._fd(run_id, name), data) for name, data in payloads]
+        for fd, data in writes:
             self._write_all(fd, data)
 
     def retryable(self, exc: BaseException) -> bool:
