@@ -247,6 +247,13 @@ def test_repr_of_settings_and_handlers_masks_secrets() -> None:
     assert SECRET not in repr(FileHandler(path=f"https://u:{SECRET}@h/x"))
 
 
+def test_an_unsupported_store_url_does_not_show_its_password() -> None:
+    from flowtrail.stores import open_store
+
+    text = _refusal(lambda: open_store(f"postgresql://bob:{SECRET}@db/traces?token={SECRET}"))
+    assert SECRET not in text and "postgresql://bob:***@db" in text
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -306,11 +313,13 @@ memory = MemoryHandler()
     ],
 )
 def test_stdout_redirected_into_logging_does_not_loop(tmp_path: Path, body: str) -> None:
-    code = _REDIRECT + textwrap.dedent(body) + "\nprint(memory.messages, file=sys.__stdout__)\n"
-    result = run_python(code, tmp_path, timeout=30)
+    report = "from flowtrail.logrecords import dropped_echoes\n"
+    report += "print(memory.messages, dropped_echoes[0], file=sys.__stdout__)\n"
+    result = run_python(_REDIRECT + textwrap.dedent(body) + report, tmp_path, timeout=30)
     assert result.returncode == 0, result.stderr[-2000:]
-    # Each record is recorded once; its console line's echo is dropped and said once.
-    assert result.stdout.strip() == "['hello', 'bad']"
+    # Each record is recorded once; its console line's echo is dropped (and counted:
+    # one on stdout, one on stderr) and said once.
+    assert result.stdout.strip() == "['hello', 'bad'] 2"
     assert result.stderr.count("dropped a record of logger") == 1, result.stderr[-2000:]
     assert "Logging error" not in result.stderr
 
