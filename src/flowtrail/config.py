@@ -17,7 +17,9 @@ and what is accepted.
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from functools import lru_cache
@@ -43,6 +45,86 @@ DEFAULT_DATETIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
 class ConfigError(ValueError):
     """A configuration key or value is wrong. The message names the key, the bad value,
     where it came from and what is accepted."""
+
+
+# ---------------------------------------------------------------- secrets in messages
+#: Parts of option names whose values are secrets: never shown in errors, repr or warnings.
+_SECRET_WORDS: Final = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "authorization",
+    "credential",
+    "cookie",
+    "apikey",
+    "api_key",
+    "private_key",
+    "access_key",
+    "signature",
+)
+#: Whole last parts of names (``dd_api_key``, ``basic_auth``, ``key``) that are secrets.
+_SECRET_ENDINGS: Final = frozenset({"key", "auth", "pwd", "pass", "sig"})
+MASK: Final = "***"
+#: ``name: value`` / ``name=value`` / ``"name": "value"`` in free text (invalid JSON,
+#: query strings, headers), and the value after it: a quoted string, a bracketed group
+#: or a word.
+_NAME = re.compile(r"""(["']?)([A-Za-z_][\w.-]*)\1\s*[:=]\s*""")
+_VALUE = re.compile(r""""(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[\[({][^\])}]*[\])}]?|[^\s,;&}\]]+""")
+#: The password of ``scheme://user:password@host``.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/:@\s]*:)[^@/\s]+@")
+
+
+def is_secret_key(name: Any) -> bool:
+    """Whether an option or header named ``name`` holds a secret (password, token, key,
+    secret, authorization, api_key, credentials ...)."""
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower().replace("-", "_")
+    if any(word in lowered for word in _SECRET_WORDS):
+        return True
+    return lowered.rsplit("_", 1)[-1].rsplit(".", 1)[-1] in _SECRET_ENDINGS
+
+
+def mask_text(text: str) -> str:
+    """``text`` with the value of every secret-looking ``name=value`` or ``"name": value``
+    and every password in a URL replaced by ``***``."""
+    parts: list[str] = []
+    start = pos = 0
+    while (name := _NAME.search(text, pos)) is not None:
+        pos = name.end()
+        if not is_secret_key(name[2]):
+            continue  # its value may hold secret-looking names: look inside it too
+        value = _VALUE.match(text, pos)
+        if value is None:
+            continue
+        quote = value[0][0] if value[0][0] in "'\"" else ""
+        parts += [text[start:pos], quote, MASK, quote]
+        start = pos = value.end()
+    parts.append(text[start:])
+    return _URL_PASSWORD.sub(rf"\g<head>{MASK}@", "".join(parts))
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of ``value`` safe to show: in mappings (at any depth) the value of every
+    secret-looking key becomes ``***``; strings are masked with `mask_text`."""
+    if isinstance(value, Mapping):
+        return {
+            key: MASK if is_secret_key(key) and item is not None else mask_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        masked = [mask_secrets(item) for item in value]
+        return masked if isinstance(value, list) else tuple(masked)
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` with its secrets masked (see `mask_secrets`)."""
+    return repr(mask_secrets(value))
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -76,6 +158,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     #: an error. 1.0 (the default) records everything.
     sample_ratio: float = 1.0
 
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={shown(getattr(self, name))}" for name in self.__struct_fields__
+        )
+        return f"Settings({fields})"
+
 
 SETTING_KEYS: Final[tuple[str, ...]] = Settings.__struct_fields__
 _ACCEPTED: Final[dict[str, str]] = {
@@ -89,7 +177,7 @@ _ACCEPTED: Final[dict[str, str]] = {
     "log_level": "one of debug, info, warning, error, exception",
     "log_dir": "a directory path",
     "strict": "true or false",
-    "exit_timeout": "a number of seconds >= 0",
+    "exit_timeout": "a finite number of seconds >= 0",
     "sample_ratio": "a number from 0.0 to 1.0",
 }
 
@@ -125,7 +213,8 @@ def _parse_env_value(key: str, raw: str) -> Any:
             return msgspec.json.decode(raw)
         except msgspec.DecodeError:
             raise ConfigError(
-                f"flowtrail config: {ENV_PREFIX}TRACE_HANDLERS={raw!r} (from the environment) "
+                f"flowtrail config: {ENV_PREFIX}TRACE_HANDLERS={mask_text(raw)!r} "
+                "(from the environment) "
                 "is not valid JSON; expected a JSON list such as "
                 '\'[{"type": "console"}, {"type": "sqlite", "path": "./logs/flowtrail.db"}]\''
             ) from None
@@ -278,7 +367,7 @@ def validate_settings(layers: list[tuple[str, Mapping[str, Any]]]) -> Settings:
         handlers = merged["trace_handlers"]
         if isinstance(handlers, (str, bytes, Mapping)) or not hasattr(handlers, "__iter__"):
             raise ConfigError(
-                f"flowtrail config: 'trace_handlers' = {handlers!r} "
+                f"flowtrail config: 'trace_handlers' = {shown(handlers)} "
                 f"(from {source_of['trace_handlers']}) is not valid: expected "
                 f"{_ACCEPTED['trace_handlers']}"
             )
@@ -290,7 +379,7 @@ def validate_settings(layers: list[tuple[str, Mapping[str, Any]]]) -> Settings:
         if key is None:
             raise ConfigError(f"flowtrail config: {reason}") from None
         raise ConfigError(
-            f"flowtrail config: {key!r} = {merged.get(key)!r} (from {_where(key, source_of)})"
+            f"flowtrail config: {key!r} = {shown(merged.get(key))} (from {_where(key, source_of)})"
             f" is not valid: {reason}"
         ) from None
     _check_values(settings, source_of)
@@ -310,7 +399,7 @@ def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
 
     def fail(key: str, why: str) -> ConfigError:
         return ConfigError(
-            f"flowtrail config: {key!r} = {getattr(settings, key)!r} "
+            f"flowtrail config: {key!r} = {shown(getattr(settings, key))} "
             f"(from {_where(key, source_of)}) is not valid: {why}; "
             f"expected {_ACCEPTED[key]}"
         )
@@ -326,8 +415,8 @@ def _check_values(settings: Settings, source_of: Mapping[str, str]) -> None:
             raise fail(key, str(exc)) from None
     if settings.logs_trace_frame_layer < 1:
         raise fail("logs_trace_frame_layer", "must be at least 1")
-    if settings.exit_timeout < 0:
-        raise fail("exit_timeout", "must not be negative")
+    if not math.isfinite(settings.exit_timeout) or settings.exit_timeout < 0:
+        raise fail("exit_timeout", "must be a finite number, not negative")
     if not 0.0 <= settings.sample_ratio <= 1.0:
         raise fail("sample_ratio", "must be between 0 and 1")
 

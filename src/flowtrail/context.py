@@ -8,6 +8,7 @@ import datetime as _dt
 import os
 import platform
 import random
+import re
 import socket
 import threading
 import time
@@ -38,6 +39,42 @@ def new_run_id(prefix: str = "run") -> str:
     """A run id that sorts by time: ``<prefix>-YYYYmmddTHHMMSS-<8 hex>``."""
     stamp = _dt.datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{prefix}-{stamp}-{os.urandom(4).hex()}"
+
+
+#: Characters a run id must not hold: path separators, control characters, NUL and lone
+#: surrogates (text that cannot be encoded, so no file or database can take it).
+_RUN_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\\ud800-\udfff]")
+#: Longest run id in UTF-8 bytes: ``run_id=<id>`` must fit a 255-byte folder name.
+MAX_RUN_ID_BYTES: Final = 248
+
+
+def check_run_id(run_id: Any) -> str:
+    """Return ``run_id`` if it is a safe run id, else raise ``ValueError``: a run id is a
+    non-empty string of at most `MAX_RUN_ID_BYTES` bytes in UTF-8 without path
+    separators, control characters, NUL or lone surrogates, and is not ``.`` or ``..``;
+    so it can name a directory that stays inside its store."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"run id must be a non-empty string, got {run_id!r}")
+    if (
+        len(run_id.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES
+        or run_id in (".", "..")
+        or _RUN_ID_FORBIDDEN.search(run_id)
+    ):
+        raise ValueError(
+            f"run id {run_id!r} is not allowed: use at most {MAX_RUN_ID_BYTES} bytes (UTF-8) "
+            "without '/', '\\', control characters, NUL or lone surrogates, and not '.' or '..'"
+        )
+    return run_id
+
+
+def safe_run_id(text: str) -> str:
+    """``text`` made into an allowed run id (used for stdlib logger names)."""
+    cleaned = _RUN_ID_FORBIDDEN.sub("_", text or "") or "_"
+    if cleaned in (".", ".."):
+        cleaned = cleaned.replace(".", "_")
+    while len(cleaned.encode("utf-8")) > MAX_RUN_ID_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned
 
 
 def cut_id(run_id: str, *, num: int = 8) -> str:
@@ -181,6 +218,11 @@ class RunContext:
 #: The run (and span) active in this thread or task; set by `Trace` and spans.
 current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
     "flowtrail_current_run", default=None
+)
+#: The trace (`flowtrail.trace.Trace`) whose ``with`` block is active in this thread or
+#: task; set by the trace, read by the stdlib bridge.
+current_trace: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "flowtrail_active_trace", default=None
 )
 
 

@@ -16,9 +16,10 @@ import time
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from flowtrail.context import (
+    Clock,
     Memory,
     Pid,
     TraceParent,
@@ -29,8 +30,35 @@ from flowtrail.context import (
 )
 from flowtrail.records import Span, SpanEvent
 
-if TYPE_CHECKING:
-    from flowtrail.trace import Trace
+
+class SpanOwner(Protocol):
+    """What a span needs of the trace it belongs to, and no more: `flowtrail.trace.Trace`
+    is one. Spans talk to their trace only through these names, so this module does not
+    import the trace module."""
+
+    run_id: str
+    parent_run_id: str | None
+    trace_id: str
+    sampled: bool
+    baggage_items: tuple[tuple[str, str], ...]
+    workflow_name: str | None
+    #: Stamps span start and end times in the trace's time zone.
+    _clock: Clock
+    #: The trace's synchronous handlers (a span's start is printed only if there are).
+    _sync: tuple[Any, ...]
+
+    def _start_span(self, kind: str, name: str, attributes: dict[str, Any]) -> LiveSpan:
+        """Open a span in the current context."""
+        ...
+
+    def _span_started(self, live: LiveSpan) -> None:
+        """Tell the synchronous handlers that ``live`` opened."""
+        ...
+
+    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
+        """Close ``live`` (with the exception that left it) and hand the span on."""
+        ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,7 +101,7 @@ class LiveSpan:
 
     def __init__(
         self,
-        trace: Trace,
+        trace: SpanOwner,
         kind: str,
         name: str,
         attributes: dict[str, Any],
@@ -291,7 +319,7 @@ class SpanScope:
     __slots__ = ("_trace", "_kind", "_name", "_attributes", "_open")
 
     def __init__(
-        self, trace: Trace, kind: str, name: str | None, attributes: dict[str, Any]
+        self, trace: SpanOwner, kind: str, name: str | None, attributes: dict[str, Any]
     ) -> None:
         self._trace = trace
         self._kind = kind

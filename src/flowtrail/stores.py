@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowtrail.config import ConfigError, resolve_settings
+from flowtrail.config import ConfigError, mask_text, resolve_settings
 from flowtrail.handlers import FileHandler, SQLiteHandler, make_handler
 from flowtrail.handlers.base import StoreReader
 
@@ -48,7 +48,8 @@ def _from_url(url: str) -> StoreReader:
         return FileHandler(path=url[len("file://") :] or "./logs/traces")
     if "://" in url:
         raise ConfigError(
-            f"flowtrail: store URL {url!r} is not supported here; use sqlite:///path/to.db, "
+            f"flowtrail: store URL {mask_text(url)!r} is not supported here; "
+            "use sqlite:///path/to.db, "
             "file://dir, or a path"
         )
     path = Path(url)

@@ -33,6 +33,7 @@ from flowtrail.context import (
     TraceParent,
     clock_for,
     current_run,
+    current_trace,
     format_baggage,
     host_info,
     make_cut_id,
@@ -50,6 +51,7 @@ from flowtrail.handlers import (
     check_run_id,
     make_handler,
 )
+from flowtrail.logrecords import record_level
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
 from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
@@ -63,9 +65,7 @@ _basenames: dict[str, str] = {}
 #: Handlers that receive every record of every trace (see `flowtrail.testing`).
 _global_handlers: list[tuple[BaseHandler, ...]] = [()]
 #: The trace whose ``with`` block is active in this context (for the stdlib bridge).
-_active: contextvars.ContextVar[Trace | None] = contextvars.ContextVar(
-    "flowtrail_active_trace", default=None
-)
+_active = current_trace
 #: Buffered records handed to the pipelines early once this many are held.
 _BUFFER_LIMIT = 10_000
 
@@ -452,8 +452,6 @@ class Trace:
 
     def _log_record(self, record: logging.LogRecord) -> None:
         """Take a stdlib record (from `FlowtrailLogHandler`)."""
-        from flowtrail.stdlib import record_level
-
         level = record_level(record)
         severity = LEVELS[level]
         if severity < self._min_level:

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from flowtrail.config import ConfigError
+from flowtrail.config import ConfigError, shown
 from flowtrail.handlers.base import BaseHandler, check_run_id
 from flowtrail.handlers.console import ConsoleHandler
 from flowtrail.handlers.file import FileHandler
@@ -49,7 +49,7 @@ def make_handler(spec: BaseHandler | Mapping[str, Any]) -> BaseHandler:
         )
     if "type" not in spec:
         raise ConfigError(
-            f"flowtrail config: handler {dict(spec)!r} has no 'type'; "
+            f"flowtrail config: handler {shown(dict(spec))} has no 'type'; "
             f"use one of: {', '.join(sorted(HANDLER_TYPES))}"
         )
     try:

@@ -5,52 +5,34 @@ that makes ``logger.addHandler(FileHandler(run_id=..., ...))`` work (seeds 002/0
 from __future__ import annotations
 
 import logging
+import math
 import os
-import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from flowtrail.config import ConfigError, Settings, describe_validation_error, unknown_key_error
-from flowtrail.pipeline import Pipeline, PipelineOptions, get_pipeline
+from flowtrail.config import (
+    ConfigError,
+    Settings,
+    describe_validation_error,
+    is_secret_key,
+    resolve_settings,
+    shown,
+    unknown_key_error,
+)
+
+# Run ids are checked in context.py; these names stay importable from here.
+from flowtrail.context import MAX_RUN_ID_BYTES as MAX_RUN_ID_BYTES
+from flowtrail.context import check_run_id
+from flowtrail.context import safe_run_id as safe_run_id
+from flowtrail.logrecords import drop_echo, is_ignored_logger, metadata_from_log_record, writing
+from flowtrail.pipeline import Pipeline, PipelineOptions, all_pipelines, get_pipeline
 from flowtrail.records import Metadata, TraceData
 
 if TYPE_CHECKING:
     from flowtrail.records import RunSummary
-
-_RUN_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\]")
-#: Longest run id in UTF-8 bytes: ``run_id=<id>`` must fit a 255-byte folder name.
-MAX_RUN_ID_BYTES = 248
-
-
-def check_run_id(run_id: Any) -> str:
-    """Return ``run_id`` if it is a safe run id, else raise ``ValueError``: a run id is a
-    non-empty string of at most 255 characters without path separators, control
-    characters or NUL, and is not ``.`` or ``..``; so it can name a directory that stays
-    inside its store."""
-    if not isinstance(run_id, str) or not run_id:
-        raise ValueError(f"run id must be a non-empty string, got {run_id!r}")
-    if (
-        len(run_id.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES
-        or run_id in (".", "..")
-        or _RUN_ID_FORBIDDEN.search(run_id)
-    ):
-        raise ValueError(
-            f"run id {run_id!r} is not allowed: use at most {MAX_RUN_ID_BYTES} bytes (UTF-8) "
-            "without '/', '\\', control characters or NUL, and not '.' or '..'"
-        )
-    return run_id
-
-
-def safe_run_id(text: str) -> str:
-    """``text`` made into an allowed run id (used for stdlib logger names)."""
-    cleaned = _RUN_ID_FORBIDDEN.sub("_", text or "") or "_"
-    if cleaned in (".", ".."):
-        cleaned = cleaned.replace(".", "_")
-    while len(cleaned.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES:
-        cleaned = cleaned[:-1]
-    return cleaned
 
 
 class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -66,7 +48,8 @@ class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fi
     #: Seed name of ``batch_size``.
     buffer_size: Annotated[int, msgspec.Meta(gt=0)] | None = None
     max_batch_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * 1024 * 1024
-    flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+    #: Seconds between writes of a partly filled batch (at least a millisecond).
+    flush_interval: Annotated[float, msgspec.Meta(ge=0.001)] = 0.5
     queue_size: Annotated[int, msgspec.Meta(gt=0)] = 100_000
     #: Bytes of (large) messages the queue may hold before ``overflow`` applies.
     queue_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
@@ -82,12 +65,15 @@ class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fi
 _PIPELINE_ACCEPTED = {
     "batch_size": "a positive integer",
     "buffer_size": "a positive integer",
-    "flush_interval": "a number of seconds",
+    "max_batch_bytes": "a positive integer",
+    "flush_interval": "a finite number of seconds >= 0.001",
     "queue_size": "a positive integer",
     "queue_bytes": "a positive number of bytes",
     "overflow": "one of 'help', 'spill', 'drop' (counted), 'block'",
+    "spool_dir": "a directory path",
     "max_retries": "an integer >= 0",
-    "timeout": "a number of seconds",
+    "retry_deadline": "a finite number of seconds >= 0",
+    "timeout": "a finite number of seconds >= 0",
 }
 
 
@@ -117,13 +103,15 @@ class BaseHandler(logging.Handler):
         extras: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        logging.Handler.__init__(self)
+        # Everything is checked before logging.Handler.__init__, which registers the
+        # handler for logging.shutdown: a refused handler must leave nothing behind.
         self.config = self.build_config(options)
         self.run_id = check_run_id(run_id) if run_id is not None else None
-        self.parent_run_id = parent_run_id
+        self.parent_run_id = check_run_id(parent_run_id) if parent_run_id is not None else None
         self.extras = dict(extras or {})
         self._direct_pipeline: Pipeline | None = None
         self._direct_settings: Settings | None = None
+        logging.Handler.__init__(self)
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -141,15 +129,44 @@ class BaseHandler(logging.Handler):
             if key not in known:
                 raise unknown_key_error(key, f"the {cls.type!r} handler options", list(known))
         try:
-            return msgspec.convert({"type": cls.type, **data}, cls.Config, strict=False)
+            config = msgspec.convert({"type": cls.type, **data}, cls.Config, strict=False)
         except msgspec.ValidationError as exc:
-            accepted = {**_PIPELINE_ACCEPTED, **cls.accepted}
-            key, reason = describe_validation_error(exc, data, accepted)
-            shown = "***" if key in cls.secret_keys else repr(data.get(key))
-            raise ConfigError(
-                f"flowtrail config: handler {cls.type!r} option {key!r} = {shown} is not "
-                f"valid: {reason}"
-            ) from None
+            key, reason = describe_validation_error(exc, data, cls.accepted_texts())
+            raise cls.option_error(key, data.get(key), reason) from None
+        cls.check_config(config)
+        return config
+
+    @classmethod
+    def accepted_texts(cls) -> dict[str, str]:
+        """What each option accepts, for error messages."""
+        return {**_PIPELINE_ACCEPTED, **cls.accepted}
+
+    @classmethod
+    def option_error(cls, key: str | None, value: Any, reason: str) -> ConfigError:
+        """The error for a wrong option: its key, its value (secrets masked), why, and
+        what is accepted."""
+        value_text = "***" if cls.is_secret(key) else shown(value)
+        accepted = cls.accepted_texts().get(key or "")
+        if accepted and accepted not in reason:
+            reason = f"{reason}; expected {accepted}"
+        return ConfigError(
+            f"flowtrail config: handler {cls.type!r} option {key!r} = {value_text} is not "
+            f"valid: {reason}"
+        )
+
+    @classmethod
+    def is_secret(cls, key: str | None) -> bool:
+        """Whether option ``key`` holds a secret (never shown)."""
+        return key in cls.secret_keys or is_secret_key(key)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Refuse values the types let through: every number must be finite. Handlers
+        with more rules extend this (and raise `option_error`)."""
+        for key in config.__struct_fields__:
+            value = getattr(config, key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise cls.option_error(key, value, "must be a finite number")
 
     @classmethod
     def accepts_type(cls, name: str) -> bool:
@@ -160,13 +177,13 @@ class BaseHandler(logging.Handler):
     def from_config(cls, config: Any) -> BaseHandler:
         """A new handler with an already validated config."""
         handler = cls.__new__(cls)
-        logging.Handler.__init__(handler)
         handler.config = config
         handler.run_id = None
         handler.parent_run_id = None
         handler.extras = {}
         handler._direct_pipeline = None
         handler._direct_settings = None
+        logging.Handler.__init__(handler)
         return handler
 
     def bound(self, settings: Settings) -> BaseHandler:
@@ -234,10 +251,12 @@ class BaseHandler(logging.Handler):
         fields = []
         for name in self.config.__struct_fields__:
             value = getattr(self.config, name)
-            if name in self.secret_keys and value is not None:
-                value = "***"
-            if name != "type":
-                fields.append(f"{name}={value!r}")
+            if name == "type":
+                continue
+            if self.is_secret(name) and value is not None:
+                fields.append(f"{name}='***'")
+            else:
+                fields.append(f"{name}={shown(value)}")
         return f"{type(self).__name__}({', '.join(fields)})"
 
     # ------------------------------------------------------------------ writing
@@ -268,15 +287,12 @@ class BaseHandler(logging.Handler):
     # ------------------------------------------------------------------ stdlib face
     def emit(self, record: logging.LogRecord) -> None:  # noqa: D401 - logging API
         """Take a stdlib log record (direct-handler form)."""
-        from flowtrail.stdlib import is_ignored_logger, metadata_from_log_record
-
-        if is_ignored_logger(record.name):
+        if is_ignored_logger(record.name) or drop_echo(record):
             return
+        writing.active = True
         try:
             settings = self._direct_settings
             if settings is None:
-                from flowtrail.config import resolve_settings
-
                 settings = self._direct_settings = resolve_settings(extras=self.extras)
             meta = metadata_from_log_record(
                 record,
@@ -290,6 +306,8 @@ class BaseHandler(logging.Handler):
             raise
         except Exception:
             self.handleError(record)
+        finally:
+            writing.active = False
 
     def handle_metadata(self, meta: Metadata, settings: Settings) -> None:
         """Route one record to this handler (used by the stdlib bridge)."""
@@ -302,19 +320,34 @@ class BaseHandler(logging.Handler):
         pipeline.submit(meta)
 
     def flush(self, timeout: float | None = 30.0) -> bool:  # type: ignore[override]
-        """Wait until records handed to this handler's pipeline are written."""
-        if self.synchronous:
+        """Wait until records handed to this handler's pipelines (its own, and those of
+        traces using an equal handler) are written. Starts no pipeline: a handler that
+        never wrote has nothing to wait for."""
+        if self.synchronous or "config" not in self.__dict__:
             return True
-        from flowtrail.config import resolve_settings
-
-        settings = self._direct_settings or resolve_settings(extras=self.extras)
-        return self.bound(settings).pipeline(settings.strict).flush(timeout)
+        pipelines: list[Pipeline] = []
+        if self._direct_pipeline is not None:
+            pipelines.append(self._direct_pipeline)
+        else:
+            settings = self._direct_settings or resolve_settings(extras=self.extras)
+            config = self.bound(settings).config
+            pipelines = [
+                pipeline
+                for pipeline in all_pipelines()
+                if type(pipeline.exporter) is type(self) and pipeline.exporter.config == config
+            ]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ok = True
+        for pipeline in pipelines:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ok = pipeline.flush(left) and ok
+        return ok
 
     def close(self) -> None:
         """Flush this handler's pipeline, then release it as a stdlib handler (stdlib
         calls this at shutdown too)."""
         try:
-            pipeline = self._direct_pipeline
+            pipeline = self.__dict__.get("_direct_pipeline")
             if pipeline is not None:
                 pipeline.flush(30.0)
         finally:

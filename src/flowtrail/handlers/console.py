@@ -11,6 +11,7 @@ import msgspec
 from flowtrail.config import Settings
 from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig
+from flowtrail.logrecords import writing
 from flowtrail.records import Metadata
 
 
@@ -73,7 +74,13 @@ class ConsoleHandler(BaseHandler):
     def _print(self, line: str, stream: Any) -> None:
         if not self.config.split_stderr:
             stream = sys.stdout
+        # A stdout redirected into `logging` (Airflow, Celery) brings the line back to
+        # flowtrail's stdlib bridge: the guard makes the bridge drop that echo.
+        outer = writing.active
+        writing.active = True
         try:
             stream.write(line + "\n")
         except (OSError, ValueError):
             pass  # a closed or broken terminal must not break the workflow
+        finally:
+            writing.active = outer

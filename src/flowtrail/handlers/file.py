@@ -9,12 +9,14 @@ Readers skip a torn last line (a writer killed mid-line).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -49,6 +51,14 @@ class FileConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_field
     add_emoji: bool | None = None
     #: fsync the files when a flush reaches the writer (durable against power loss).
     fsync: bool = True
+    #: Permissions of new log files (records may hold secrets put in ``metadata``):
+    #: owner only by default; e.g. ``0o640`` to let the group read them.
+    file_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o600
+
+
+class RefusedFile(ValueError):
+    """A log file flowtrail will not write: a symbolic link, or not a regular file (a
+    link planted in a run folder would make flowtrail append wherever it points)."""
 
 
 class FileHandler(BaseHandler, StoreReader):
@@ -61,6 +71,7 @@ class FileHandler(BaseHandler, StoreReader):
         "path": "a directory path",
         "format": "a str.format string over record fields",
         "fsync": "true or false",
+        "file_mode": "a permission mode from 0 to 0o777 such as 0o600 (JSON: 384)",
     }
 
     config: FileConfig
@@ -90,8 +101,8 @@ class FileHandler(BaseHandler, StoreReader):
             raise ValueError(f"run id {run_id!r} is too long for a folder name (255 bytes)")
         base = self.base.resolve()
         folder = (base / f"run_id={run_id}").resolve()
-        if folder.parent != base:
-            raise ValueError(f"run id {run_id!r} would leave {base}")
+        if folder.parent != base or folder.name != f"run_id={run_id}":
+            raise ValueError(f"run id {run_id!r} would leave {base} (or is a symbolic link)")
         return folder
 
     # ------------------------------------------------------------------ writing
@@ -110,11 +121,41 @@ class FileHandler(BaseHandler, StoreReader):
             return fd
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = self._open_log(folder, name)
         fds[key] = fd
         while len(fds) > _MAX_OPEN:
             _, old = fds.popitem(last=False)
             self._close_fd(old, sync=self.config.fsync)
+        return fd
+
+    def _open_log(self, folder: Path, name: str) -> int:
+        """Open ``folder/name`` for appending, creating it with ``file_mode``. Never
+        through a symbolic link: the checked folder is opened without following one and
+        the file is opened inside it (``openat``) without following one either."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO planted as a log file is refused, not waited on forever.
+        flags |= os.O_NONBLOCK
+        try:
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise RefusedFile(f"{folder} is not a plain folder; nothing is written there")
+            raise
+        try:
+            try:
+                fd = os.open(name, flags, self.config.file_mode, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
+                    raise RefusedFile(
+                        f"{folder / name} is a symbolic link or not a regular file; "
+                        "flowtrail never writes through one"
+                    ) from None
+                raise
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RefusedFile(f"{folder / name} is not a regular file; nothing is written to it")
         return fd
 
     @staticmethod
@@ -162,13 +203,16 @@ class FileHandler(BaseHandler, StoreReader):
         for index, run_id in enumerate(pending):
             try:
                 self._export_run(run_id, groups[run_id], line)
+            except RefusedFile as exc:  # nothing of this run was written; never will be
+                refused.extend(groups[run_id])
+                refusal = exc
             except OSError as exc:
                 if index == 0 and not refused:
                     raise  # nothing of the batch was written
                 rest = [r for later in pending[index:] for r in groups[later]]
                 raise PartialExport(rest + refused, exc) from exc
         if refusal is not None:
-            if not pending:
+            if len(refused) == len(batch):
                 raise refusal  # nothing of the batch was written
             raise PartialExport(refused, refusal)
 
@@ -179,6 +223,7 @@ class FileHandler(BaseHandler, StoreReader):
         else:
             logs = [r for r in records if r.__class__ is Metadata]
             spans = [r for r in records if r.__class__ is not Metadata]
+        payloads: list[tuple[str, bytes]] = []
         if logs:
             flags = list(map(_ERROR_FLAG, logs))
             if True in flags:
@@ -187,12 +232,17 @@ class FileHandler(BaseHandler, StoreReader):
             else:
                 out, err = list(map(line, logs)), []
             if out:
-                self._write_all(self._fd(run_id, "stdout.txt"), ("\n".join(out) + "\n").encode())
+                payloads.append(("stdout.txt", ("\n".join(out) + "\n").encode()))
             if err:
-                self._write_all(self._fd(run_id, "stderr.txt"), ("\n".join(err) + "\n").encode())
-            self._write_all(self._fd(run_id, "metadata.txt"), encode_lines(logs))
+                payloads.append(("stderr.txt", ("\n".join(err) + "\n").encode()))
+            payloads.append(("metadata.txt", encode_lines(logs)))
         if spans:
-            self._write_all(self._fd(run_id, "spans.txt"), encode_lines(spans))
+            payloads.append(("spans.txt", encode_lines(spans)))
+        # Every file is opened before any is written: a refused one (`RefusedFile`)
+        # leaves the run untouched rather than half written.
+        writes = [(self._fd(run_id, name), data) for name, data in payloads]
+        for fd, data in writes:
+            self._write_all(fd, data)
 
     def retryable(self, exc: BaseException) -> bool:
         return not isinstance(exc, ValueError)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+import msgspec
 
 from flowtrail.config import Settings
 from flowtrail.handlers.base import BaseHandler, HandlerConfig
@@ -15,7 +17,7 @@ class MemoryConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fiel
     """Options of `MemoryHandler`."""
 
     #: Keep at most this many records (oldest dropped); None keeps all.
-    capacity: int | None = None
+    capacity: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class MemoryHandler(BaseHandler):

@@ -9,13 +9,14 @@ locked" never reaches the workflow.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -36,7 +37,7 @@ from flowtrail.records import (
     TraceData,
 )
 
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
 _JSON_COLUMNS = {"tags", "metadata"}
 _COLUMN_TYPES = {
     "run_id": "TEXT NOT NULL",
@@ -70,9 +71,19 @@ _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
 
+def _create_file(path: Path, mode: int) -> None:
+    """Create ``path`` empty with ``mode`` unless it exists (SQLite takes an empty file
+    as a new database, and gives its -wal and -shm files the same permissions)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def check_table_name(name: str) -> str:
     """Return ``name`` if it is a plain SQL identifier, else raise `ConfigError`."""
-    if not isinstance(name, str) or not _TABLE_NAME.match(name):
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise ConfigError(
             f"flowtrail config: handler 'sqlite' option 'table_name' = {name!r} is not valid: "
             "expected letters, digits and '_', starting with a letter or '_' (at most 63)"
@@ -88,11 +99,14 @@ class SQLiteConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fie
     #: Table of log records (spans go to ``<table_name>_spans``).
     table_name: str = "traces"
     #: Milliseconds a writer waits for another process's transaction.
-    busy_timeout_ms: int = 30_000
+    busy_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 30_000
     #: ``NORMAL`` survives a killed process; ``FULL`` also a power loss.
     synchronous: str = "NORMAL"
     #: Line format used to rebuild stdout/stderr text when reading.
     format: str | None = None
+    #: Permissions of a new database file (and so of its -wal and -shm files): owner
+    #: only by default, since records may hold secrets put in ``metadata``.
+    file_mode: Annotated[int, msgspec.Meta(ge=0, le=0o777)] = 0o600
 
 
 class SQLiteHandler(BaseHandler, StoreReader):
@@ -105,18 +119,18 @@ class SQLiteHandler(BaseHandler, StoreReader):
         "path": "a database file path",
         "table_name": "a plain SQL identifier",
         "synchronous": "NORMAL or FULL",
+        "busy_timeout_ms": "an integer number of milliseconds >= 0",
+        "file_mode": "a permission mode from 0 to 0o777 such as 0o600 (JSON: 384)",
     }
 
     config: SQLiteConfig
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        check_table_name(self.config.table_name)
-        if self.config.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(
-                f"flowtrail config: handler 'sqlite' option 'synchronous' = "
-                f"{self.config.synchronous!r} is not valid: expected NORMAL or FULL"
-            )
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        super().check_config(config)
+        check_table_name(config.table_name)
+        if config.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise cls.option_error("synchronous", config.synchronous, "unknown mode")
 
     def resolve(self, settings: Settings) -> Any:
         config = super().resolve(settings)
@@ -137,6 +151,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         path = Path(self.config.path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_file(path, self.config.file_mode)
         conn = sqlite3.connect(
             str(path),
             timeout=self.config.busy_timeout_ms / 1000,
