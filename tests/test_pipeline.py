@@ -493,11 +493,13 @@ def test_after_fork_gives_fresh_runtime_in_process(make_pipeline: Any) -> None:
     assert exporter.entered.wait(10.0)
     pipeline.submit(records(1, start=1)[0])
     old_lock = pipeline._export_lock
-    assert old_lock.locked()  # held by the stuck worker, as at a fork
+    assert not old_lock.acquire(blocking=False)  # held by the stuck worker, as at a fork
     pipeline._after_fork_in_child()
     assert pipeline.pending() == 0
     assert pipeline._worker is None
-    assert pipeline._export_lock is not old_lock and not pipeline._export_lock.locked()
+    assert pipeline._export_lock is not old_lock
+    assert pipeline._export_lock.acquire(blocking=False)
+    pipeline._export_lock.release()
     assert exporter.forked is True
 
 
