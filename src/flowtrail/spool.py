@@ -6,6 +6,14 @@ Layout: ``<spool_dir>/<handler key>/<pid>-<time ns>-<rand>.<kind>.jsonl``. A fil
 appended to ends in ``.open``; a replayer claims a finished file by renaming it to
 ``.claimed-<pid>`` so that two processes never send the same file twice. A claim left by a
 process that died is taken back.
+
+The handler key names the destination (type, path or URL, table or index), never other
+options, so records reach their destination whatever else changed. A replay that wrote
+part of a file keeps only the unwritten records in it. Records that can never be written
+as they are, and spool files with undecodable lines, are kept as ``.failed`` files for a
+person to look at (never replayed, never deleted). Spool files are created ``0600`` (records
+may hold secrets) in a ``0700`` folder; a finished file is ``fsync``ed, and so is the
+folder after it is renamed into place.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines
+from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines, sanitized
 
 #: Record kinds a spool file can hold, and how to decode one line of each.
 DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata, "span": decode_span}
@@ -38,6 +46,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def encode_records(records: Sequence[Any]) -> bytes:
+    """JSON lines of ``records``; a record that cannot be encoded as it is is written with
+    its unencodable text and values replaced (`flowtrail.records.sanitized`)."""
+    try:
+        return encode_lines(records)
+    except Exception:
+        parts = []
+        for record in records:
+            try:
+                parts.append(encode_lines((record,)))
+            except Exception:
+                parts.append(encode_lines((sanitized(record),)))
+        return b"".join(parts)
+
+
+def _create(path: Path, append: bool = False) -> IO[bytes]:
+    """A new file readable by its owner only."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    flags |= os.O_APPEND if append else os.O_EXCL
+    fd = os.open(path, flags, 0o600)
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def sync_directory(directory: Path) -> None:
+    """``fsync`` a directory, so that files created or renamed in it survive a power
+    loss (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Spool:
     """One handler's spool directory."""
 
@@ -47,34 +93,87 @@ class Spool:
         self._open: dict[str, tuple[Path, IO[bytes]]] = {}
 
     def _new_path(self, kind: str, suffix: str) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{os.getpid()}-{time.time_ns()}-{os.urandom(3).hex()}.{kind}.jsonl{suffix}"
         return self.directory / name
 
-    def write_batch(self, records: Sequence[Any]) -> None:
-        """Write records durably (fsync) to new finished spool files, one per kind."""
+    def write_batch(self, records: Sequence[Any], suffix: str = "") -> list[Path]:
+        """Write records durably (fsync) to new finished spool files, one per kind;
+        ``suffix=".failed"`` sets them aside instead. Returns the files."""
         by_kind: dict[str, list[Any]] = {}
         for record in records:
             by_kind.setdefault(kind_of(record), []).append(record)
+        written = []
         for kind, group in by_kind.items():
-            final = self._new_path(kind, "")
-            temp = final.with_name(final.name + ".open")
-            with temp.open("wb") as handle:
-                handle.write(encode_lines(group))
+            final = self._new_path(kind, suffix)
+            # A ".open" temp file of a process that dies here is replayed (what it holds
+            # was not written anywhere else); other temp files are not.
+            self._write_file(final, encode_records(group), ".open" if not suffix else ".tmp")
+            written.append(final)
+        if written:
+            sync_directory(self.directory)
+        return written
+
+    @staticmethod
+    def _write_file(final: Path, data: bytes, temp_suffix: str = ".tmp") -> None:
+        temp = final.with_name(final.name + temp_suffix)
+        try:
+            with _create(temp) as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def write_failed(self, records: Sequence[Any], kind: str = "log") -> Path:
+        """Keep records that can never be written as they are in a new ``.failed``
+        file; return it."""
+        final = self._new_path(kind, ".failed")
+        self._write_file(final, encode_records(records))
+        sync_directory(self.directory)
+        return final
+
+    def rewrite(self, claimed: Path, records: Sequence[Any]) -> None:
+        """Replace a claimed file's content with ``records`` (the part of it a replay
+        did not write), atomically and durably."""
+        self._write_file(claimed, encode_records(records))
+        sync_directory(claimed.parent)
+
+    def adopt(self, old: str | os.PathLike[str]) -> int:
+        """Move the pending files of an older spool folder of the same destination
+        into this one (they are replayed from here); remove the old folder if that
+        leaves it empty. Returns how many files moved."""
+        folder = Path(old)
+        if folder.resolve() == self.directory.resolve() or not folder.is_dir():
+            return 0
+        moved = 0
+        for path in Spool(folder).pending():
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                os.replace(path, self.directory / path.name)
+                moved += 1
+            except OSError:
+                pass
+        if moved:
+            sync_directory(self.directory)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+        return moved
 
     def append(self, record: Any) -> None:
         """Append one record to this process's open overflow file (no fsync: a killed
         process's writes stay in the OS; `seal` makes the file replayable)."""
         kind = kind_of(record)
-        line = encode_lines((record,))
+        line = encode_records((record,))
         with self._lock:
             entry = self._open.get(kind)
             if entry is None:
                 path = self._new_path(kind, ".open")
-                entry = (path, path.open("ab"))
+                entry = (path, _create(path, append=True))
                 self._open[kind] = entry
             entry[1].write(line)
             entry[1].flush()
@@ -88,6 +187,8 @@ class Spool:
             os.fsync(handle.fileno())
             handle.close()
             os.replace(path, path.with_name(path.name[: -len(".open")]))
+        if entries:
+            sync_directory(self.directory)
 
     def has_open(self) -> bool:
         """Whether an overflow file is open."""
@@ -120,9 +221,15 @@ class Spool:
         found.sort(key=lambda p: p.name.split("-")[1] if "-" in p.name else p.name)
         return found
 
-    def claim(self) -> Iterator[tuple[Path, str, list[Any]]]:
+    def claim(
+        self, on_damaged: Callable[[Path, int], None] | None = None
+    ) -> Iterator[tuple[Path, str, list[Any]]]:
         """Yield ``(claimed path, kind, records)`` for each pending file this process
-        managed to claim. The caller must `done` or `release` each one."""
+        managed to claim. The caller must `done` or `release` each one.
+
+        A file with lines that cannot be decoded (other than a torn last line, left by a
+        writer that was killed) is kept as ``.failed``; its good records are yielded from
+        a new file, and ``on_damaged(kept file, undecodable lines)`` is called."""
         for path in self.pending():
             claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}")
             try:
@@ -132,13 +239,28 @@ class Spool:
             kind = path.name.rsplit(".", 2)[-2]
             decode = DECODERS.get(kind, decode_metadata)
             records = []
-            with claimed.open("rb") as handle:
-                for line in handle:
-                    if line.strip():
-                        try:
-                            records.append(decode(line))
-                        except Exception:
-                            continue  # a torn last line of a killed writer
+            damaged = 0
+            lines = claimed.read_bytes().split(b"\n")
+            last = len(lines) - 1  # the text after the last newline: empty, or torn
+            for index, line in enumerate(lines):
+                if line.strip():
+                    try:
+                        records.append(decode(line))
+                    except Exception:
+                        if index != last:
+                            damaged += 1
+            if damaged:
+                kept = claimed.with_name(path.name + ".failed")
+                if records:
+                    fresh = self._new_path(kind, f".claimed-{os.getpid()}")
+                    self._write_file(fresh, encode_records(records))
+                os.replace(claimed, kept)
+                sync_directory(self.directory)
+                if on_damaged is not None:
+                    on_damaged(kept, damaged)
+                if not records:
+                    continue
+                claimed = fresh
             yield claimed, kind, records
 
     @staticmethod
@@ -151,6 +273,7 @@ class Spool:
         """Keep a file that can never be replayed as ``<name>.failed`` (not replayed)."""
         target = claimed.with_name(claimed.name.split(".claimed-", 1)[0] + ".failed")
         os.replace(claimed, target)
+        sync_directory(target.parent)
         return target
 
     @staticmethod
