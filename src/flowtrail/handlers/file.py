@@ -85,6 +85,9 @@ class FileHandler(BaseHandler, StoreReader):
     def describe(self) -> str:
         return f"'file' at {self.config.path}"
 
+    def destination(self) -> tuple[str, ...]:
+        return (self.type, os.path.abspath(self.config.path))
+
     # ------------------------------------------------------------------ paths
     @property
     def base(self) -> Path:

@@ -165,6 +165,10 @@ class SQLiteHandler(BaseHandler, StoreReader):
     def describe(self) -> str:
         return f"'sqlite' at {self.config.path}"
 
+    def destination(self) -> tuple[str, ...]:
+        path = self.config.path
+        return (self.type, path if path == ":memory:" else os.path.abspath(path), self.table)
+
     @property
     def table(self) -> str:
         """The validated table name (safe to put in SQL)."""
