@@ -637,7 +637,7 @@ class Pipeline:
                 return True
         if later:
             if len(later) < len(records):
-                self.spool.rewrite(claimed, later)  # keep only the unwritten part
+                self.spool.keep_only(claimed, later)  # the written part is not replayed again
             self.spool.release(claimed)
             return False
         self.spool.done(claimed)

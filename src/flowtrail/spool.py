@@ -36,6 +36,33 @@ def kind_of(record: Any) -> str:
     return "log" if isinstance(record, Metadata) else getattr(record, "spool_kind", "log")
 
 
+def _read_lines(data: bytes, kind: str) -> tuple[list[Any], list[tuple[Any, int, int]], int]:
+    """The records of a spool file's bytes, the (record, offset, length) of each line,
+    and how many lines could not be decoded: a torn last line (a writer killed mid-line)
+    is not counted, nor a line that starts with a space (written by a replay)."""
+    decode = DECODERS.get(kind, decode_metadata)
+    records: list[Any] = []
+    spans: list[tuple[Any, int, int]] = []
+    damaged = 0
+    offset = 0
+    end = len(data)
+    while offset < end:
+        newline = data.find(b"\n", offset)
+        stop = end if newline == -1 else newline
+        line = data[offset:stop]
+        if line.strip() and line[:1] != b" ":
+            try:
+                record = decode(line)
+            except Exception:
+                if newline != -1:
+                    damaged += 1
+            else:
+                records.append(record)
+                spans.append((record, offset, stop - offset))
+        offset = stop + 1
+    return records, spans, damaged
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -91,6 +118,8 @@ class Spool:
         self.directory = Path(directory)
         self._lock = threading.Lock()
         self._open: dict[str, tuple[Path, IO[bytes]]] = {}
+        #: Per claimed file: (record, offset, length) of each line, for `keep_only`.
+        self._spans: dict[Path, list[tuple[Any, int, int]]] = {}
 
     def _new_path(self, kind: str, suffix: str) -> Path:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -135,11 +164,24 @@ class Spool:
         sync_directory(self.directory)
         return final
 
-    def rewrite(self, claimed: Path, records: Sequence[Any]) -> None:
-        """Replace a claimed file's content with ``records`` (the part of it a replay
-        did not write), atomically and durably."""
-        self._write_file(claimed, encode_records(records))
-        sync_directory(claimed.parent)
+    def keep_only(self, claimed: Path, records: Sequence[Any]) -> None:
+        """A replay wrote part of a claimed file: keep only ``records`` (the ones not
+        written) in it. The lines of the others are overwritten with spaces in place
+        and synced: that needs no new disk space (the disk may be what is full), and a
+        line blanked part way when the process dies starts with a space, which marks it
+        as written too (a spool line starts with ``{``)."""
+        spans = self._spans.get(claimed)
+        if spans is None:
+            raise ValueError(f"{claimed} was not claimed by this spool")
+        keep = set(map(id, records))
+        with open(claimed, "r+b") as handle:
+            for record, offset, length in spans:
+                if id(record) not in keep:
+                    handle.seek(offset)
+                    handle.write(b" " * length)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._spans[claimed] = [span for span in spans if id(span[0]) in keep]
 
     def adopt(self, old: str | os.PathLike[str]) -> int:
         """Move the pending files of an older spool folder of the same destination
@@ -198,6 +240,7 @@ class Spool:
         """In a forked child: drop the parent's open files without sealing them."""
         self._lock = threading.Lock()
         self._open = {}
+        self._spans = {}
 
     def pending(self) -> list[Path]:
         """Finished spool files, oldest first, including stale claims of dead processes
@@ -237,23 +280,14 @@ class Spool:
             except OSError:
                 continue  # another process claimed it
             kind = path.name.rsplit(".", 2)[-2]
-            decode = DECODERS.get(kind, decode_metadata)
-            records = []
-            damaged = 0
-            lines = claimed.read_bytes().split(b"\n")
-            last = len(lines) - 1  # the text after the last newline: empty, or torn
-            for index, line in enumerate(lines):
-                if line.strip():
-                    try:
-                        records.append(decode(line))
-                    except Exception:
-                        if index != last:
-                            damaged += 1
+            records, spans, damaged = _read_lines(claimed.read_bytes(), kind)
             if damaged:
                 kept = claimed.with_name(path.name + ".failed")
                 if records:
                     fresh = self._new_path(kind, f".claimed-{os.getpid()}")
-                    self._write_file(fresh, encode_records(records))
+                    data = encode_records(records)
+                    self._write_file(fresh, data)
+                    records, spans, _ = _read_lines(data, kind)
                 os.replace(claimed, kept)
                 sync_directory(self.directory)
                 if on_damaged is not None:
@@ -261,24 +295,25 @@ class Spool:
                 if not records:
                     continue
                 claimed = fresh
+            self._spans[claimed] = spans
             yield claimed, kind, records
 
-    @staticmethod
-    def done(claimed: Path) -> None:
+    def done(self, claimed: Path) -> None:
         """Delete a replayed file."""
+        self._spans.pop(claimed, None)
         claimed.unlink(missing_ok=True)
 
-    @staticmethod
-    def set_aside(claimed: Path) -> Path:
+    def set_aside(self, claimed: Path) -> Path:
         """Keep a file that can never be replayed as ``<name>.failed`` (not replayed)."""
+        self._spans.pop(claimed, None)
         target = claimed.with_name(claimed.name.split(".claimed-", 1)[0] + ".failed")
         os.replace(claimed, target)
         sync_directory(target.parent)
         return target
 
-    @staticmethod
-    def release(claimed: Path) -> None:
+    def release(self, claimed: Path) -> None:
         """Give a claimed file back for a later replay."""
+        self._spans.pop(claimed, None)
         base = claimed.name.split(".claimed-", 1)[0]
         try:
             os.replace(claimed, claimed.with_name(base))
@@ -290,5 +325,5 @@ class Spool:
         total = 0
         for path in self.pending():
             with path.open("rb") as handle:
-                total += sum(1 for line in handle if line.strip())
+                total += sum(1 for line in handle if line.strip() and line[:1] != b" ")
         return total

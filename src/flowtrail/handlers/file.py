@@ -186,7 +186,7 @@ class FileHandler(BaseHandler, StoreReader):
         for index, run_id in enumerate(pending):
             try:
                 self._export_run(run_id, groups[run_id], line)
-            except OSError as exc:
+            except Exception as exc:  # the run's records are in none of its files
                 if index == 0 and not refused:
                     raise  # nothing of the batch was written
                 rest = [r for later in pending[index:] for r in groups[later]]
