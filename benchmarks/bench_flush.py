@@ -52,6 +52,16 @@ def _flushes(handler: object, n: int, batch: int) -> list[float]:
     return times
 
 
+def _handler(case: str, root: Path) -> object:
+    if case == "file":
+        return FileHandler(path=str(root / "t"))
+    if case == "file-nofsync":
+        return FileHandler(path=str(root / "t"), fsync=False)
+    if case == "sqlite-full":
+        return SQLiteHandler(path=str(root / "t.db"), synchronous="FULL")
+    return SQLiteHandler(path=str(root / "t.db"))
+
+
 def _checkpoint_sync(self: _SQLite) -> None:
     conn = self.__dict__.get("_conn")
     if conn is not None:
@@ -104,13 +114,7 @@ def main() -> None:
                             _SQLite.sync = lambda self: None  # type: ignore[method-assign]
                         elif case == "sqlite-checkpoint":
                             _SQLite.sync = _checkpoint_sync  # type: ignore[method-assign]
-                        handler = {
-                            "file": lambda: FileHandler(path=str(root / "t")),
-                            "file-nofsync": lambda: FileHandler(path=str(root / "t"), fsync=False),
-                            "sqlite-full": lambda: SQLiteHandler(
-                                path=str(root / "t.db"), synchronous="FULL"
-                            ),
-                        }.get(case, lambda: SQLiteHandler(path=str(root / "t.db")))()
+                        handler = _handler(case, root)
                         times = _flushes(handler, args.n, batch)
                 finally:
                     _SQLite.sync = real_sync  # type: ignore[method-assign]
