@@ -129,7 +129,7 @@ _report_lock = threading.Lock()
 #: What became of records a handler could not write, mildest first. Each is reported once
 #: per handler and error type, so a worse outcome of an error already reported (records
 #: lost because the spool failed too) is reported again.
-OUTCOMES = ("sanitised", "spooled", "set aside", "damaged", "lost")
+OUTCOMES = ("unsynced", "sanitised", "spooled", "set aside", "damaged", "lost")
 
 
 def report_once(
@@ -259,6 +259,7 @@ class Pipeline:
                     OverflowError(f"queue full ({self.options.queue_size} records)"),
                     1,
                     "records are dropped while the queue is full (overflow='drop')",
+                    outcome="lost",
                 )
             return
         if policy == "block":
@@ -272,7 +273,7 @@ class Pipeline:
             self.stats.spooled += 1
         except Exception as exc:  # the disk itself failed: nothing left but to count
             self.stats.dropped += 1
-            report_once(self.name, exc, 1, "the record could not be spooled either")
+            report_once(self.name, exc, 1, "the record could not be spooled either", outcome="lost")
         self._wake.set()
 
     def _help(self, record: Any) -> bool:
@@ -470,15 +471,15 @@ class Pipeline:
             if not self._retryable(exc):
                 # Bad records, not a bad store: write every other record now. The bad
                 # ones wait in the spool; a replay that fails on them sets them aside.
-                written, bad, batch, later = self._isolate(batch, exc)
+                written, bad, batch, later_exc = self._isolate(batch, exc)
                 self.stats.exported += written
                 if bad:
                     self.stats.failed_batches += 1
                     self._spool_batch([record for record, _ in bad], bad[0][1])
                 if not batch:
                     return
-                assert later is not None
-                exc = later
+                assert later_exc is not None
+                exc = later_exc  # the store failed while isolating: retry the rest
             attempt += 1
             retry = attempt <= options.max_retries
             delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
@@ -556,7 +557,9 @@ class Pipeline:
             with self._export_lock:
                 self.exporter.sync()
         except Exception as exc:
-            report_once(self.name, exc, 0, "written records may not be on disk yet")
+            report_once(
+                self.name, exc, 0, "written records may not be on disk yet", outcome="unsynced"
+            )
 
     def _retryable(self, exc: BaseException) -> bool:
         check = getattr(self.exporter, "retryable", None)

@@ -352,6 +352,8 @@ def json_safe(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
 def sanitized(record: Any) -> Any:
     """``record`` (a `Metadata`, `Span` or other struct) with every field made encodable
     (`json_safe`); the record itself when it already was."""
+    if not isinstance(record, msgspec.Struct):
+        return record
     changes = {}
     for name in record.__struct_fields__:
         value = getattr(record, name)
