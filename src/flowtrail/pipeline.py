@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice, repeat, starmap
 from typing import Any, Literal, Protocol
 
 from flowtrail.records import sanitized
@@ -75,9 +77,10 @@ class PipelineOptions:
     max_batch_bytes: int = 16 * 1024 * 1024
     flush_interval: float = 0.5
     queue_size: int = 100_000
+    #: Bytes of messages the queue may hold (counted for messages over 4 KiB; smaller
+    #: records are bounded by ``queue_size``). Past it the ``overflow`` policy applies.
+    queue_bytes: int = 64 * 1024 * 1024
     overflow: Literal["help", "spill", "drop", "block"] = "spill"
-    #: With ``overflow="help"``: how long the caller waits for the store before spilling.
-    help_timeout: float = 1.0
     #: A full batch may be written by the caller when the worker is idle (local stores
     #: whose exporter has ``export_nowait``).
     caller_runs: bool = False
@@ -116,6 +119,15 @@ def _message_of(item: Any) -> str:
     return getattr(item, "message", "")
 
 
+#: Messages longer than this count against ``queue_bytes``.
+_BIG_MESSAGE = 4096
+
+
+def _big_bytes(items: Sequence[Any]) -> int:
+    """Bytes of the messages in ``items`` that count against ``queue_bytes``."""
+    return sum(size for size in map(len, map(_message_of, items)) if size > _BIG_MESSAGE)
+
+
 class _Marker:
     __slots__ = ("event",)
 
@@ -123,8 +135,65 @@ class _Marker:
         self.event = threading.Event()
 
 
+class _Waker:
+    """Wakes the worker. ``set`` is one release of a plain lock, so it is safe from a
+    signal handler that interrupted the same thread inside ``set`` (`threading.Event`
+    takes a lock that is not re-entrant there, which deadlocks)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already set
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until set or ``timeout``; a wake-up is consumed."""
+        return self._lock.acquire(timeout=timeout)
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+
+def _signal_handler_codes() -> set[Any]:
+    codes = set()
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while a store was written on the caller's thread, is the
+    store's own failure. A `KeyboardInterrupt`, `SystemExit` or an exception raised by a
+    signal handler that interrupted the write (a stage's ``SIGALRM`` timeout) is not:
+    it belongs to the caller and must reach it."""
+    if not isinstance(exc, Exception):
+        return False
+    codes = _signal_handler_codes()
+    if not codes:
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return False
+        tb = tb.tb_next
+    return True
+
+
 _reported: set[tuple[str, str, str]] = set()
-_report_lock = threading.Lock()
+# Re-entrant: a signal handler that logs may interrupt this thread while it holds it.
+_report_lock = threading.RLock()
 
 #: What became of records a handler could not write, mildest first. Each is reported once
 #: per handler and error type, so a worse outcome of an error already reported (records
@@ -181,20 +250,28 @@ class Pipeline:
         self._limit = 0 if strict else options.queue_size
         self._batch_size = options.batch_size
         self._caller_runs = options.caller_runs and hasattr(exporter, "export_nowait")
+        self._max_bytes = 0 if strict else options.queue_bytes
         self._init_runtime()
         _all_pipelines.add(self)
 
     def _init_runtime(self) -> None:
         self._queue: deque[Any] = deque()
-        self._wake = threading.Event()
+        self._wake = _Waker()
         self._stop = threading.Event()
         self._export_lock = threading.Lock()
         self._drain_lock = threading.Lock()
-        self._helpers = 0
         self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
         self._next_replay = 0.0
+        #: Bytes of big messages in the queue (see ``queue_bytes``).
+        self._queued_bytes = 0
+        self._bytes_lock = threading.RLock()
+        #: Records taken from the queue and not yet written or spooled.
+        self._inflight: list[Any] | None = None
+        #: ``stats.exported`` when a write on the caller's thread failed: callers leave
+        #: the store to the worker until it has made progress.
+        self._caller_paused_at = -1
 
     # ------------------------------------------------------------------ caller side
     def submit(self, record: Any) -> None:
@@ -204,23 +281,36 @@ class Pipeline:
         if len(queue) >= self._limit:
             self._submit_slow(record)
             return
+        size = len(getattr(record, "message", ""))
+        if size > _BIG_MESSAGE and not self._count_bytes(size):
+            self._submit_slow(record)
+            return
         queue.append(record)
         if self._worker is None:
             self._start()
         if len(queue) % self._batch_size == 0:
             self._batch_ready()
 
+    def _count_bytes(self, size: int) -> bool:
+        """Count a big message against ``queue_bytes``; False if it does not fit."""
+        with self._bytes_lock:
+            if self._queued_bytes + size > self._max_bytes and self._queued_bytes:
+                return False
+            self._queued_bytes += size
+            return True
+
+    def _uncount_bytes(self, items: Sequence[Any]) -> None:
+        size = _big_bytes(items)
+        if size:
+            with self._bytes_lock:
+                self._queued_bytes = max(0, self._queued_bytes - size)
+
     def _batch_ready(self) -> None:
         """A batch is waiting. For a local store that can write without waiting, the
         caller writes it now if the worker is not already busy: under a burst this avoids
         two threads trading the interpreter lock, the dearest part of a write. Otherwise
         the worker is woken."""
-        if self._caller_runs and self._drain_lock.acquire(blocking=False):
-            try:
-                self._drain_one(on_caller=True)
-            finally:
-                self._drain_lock.release()
-        else:
+        if not (self._caller_runs and self._write_on_caller()):
             self._wake.set()
 
     def _submit_slow(self, record: Any) -> None:
@@ -249,7 +339,8 @@ class Pipeline:
 
     def _overflow(self, record: Any) -> None:
         policy = self.options.overflow
-        if policy == "help" and self._help(record):
+        if policy == "help" and self._write_on_caller():
+            self._append_counted(record)
             return
         if policy == "drop":
             self.stats.dropped += 1
@@ -263,7 +354,10 @@ class Pipeline:
                 )
             return
         if policy == "block":
-            while len(self._queue) >= self.options.queue_size:
+            size = len(_message_of(record))
+            while len(self._queue) >= self.options.queue_size or (
+                size > _BIG_MESSAGE and not self._count_bytes(size)
+            ):
                 self._wake.set()
                 time.sleep(0.001)
             self._queue.append(record)
@@ -276,33 +370,100 @@ class Pipeline:
             report_once(self.name, exc, 1, "the record could not be spooled either", outcome="lost")
         self._wake.set()
 
-    def _help(self, record: Any) -> bool:
-        """A full queue in front of a local store: the caller writes the oldest batch
-        itself (disk, never network), which keeps order, loses nothing and slows the
-        caller to the store's pace. False if the store stays busy past a short wait
-        (then the record is spilled)."""
-        self._helpers += 1
-        try:
-            acquired = self._drain_lock.acquire(timeout=self.options.help_timeout)
-        finally:
-            self._helpers -= 1
-        if not acquired:
+    def _append_counted(self, record: Any) -> None:
+        """Queue a record past the limits (after the caller made room by writing a
+        batch), counting its bytes."""
+        size = len(_message_of(record))
+        if size > _BIG_MESSAGE:
+            with self._bytes_lock:
+                self._queued_bytes += size
+        self._queue.append(record)
+
+    def _write_on_caller(self) -> bool:
+        """The caller writes the oldest batch itself (local stores only): one attempt,
+        no retries, no waiting for a lock. False if it did not (the worker is writing,
+        the store failed, or a failure on a caller's thread has not been followed by
+        progress of the worker since); the caller then leaves the store to the worker.
+
+        A store failure puts the batch back at the head of the queue for the worker. Any
+        other exception (a `KeyboardInterrupt`, or one raised by a signal handler in the
+        middle of the write) also puts back what was not written, then reaches the
+        caller."""
+        if (
+            not self._caller_runs
+            or self._caller_paused_at == self.stats.exported
+            or not self._drain_lock.acquire(blocking=False)
+        ):
             return False
         try:
-            self._queue.append(record)
-            self._drain_one()
+            if not self._export_lock.acquire(blocking=False):
+                return False
+            try:
+                return self._caller_export()
+            finally:
+                self._export_lock.release()
         finally:
             self._drain_lock.release()
+
+    def _caller_export(self) -> bool:
+        batch = self._take(self.options.batch_size)
+        if not batch:
+            return False  # a flush marker is next: the worker handles it
+        try:
+            self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
+        except BaseException as exc:
+            failed: Sequence[Any] = batch
+            cause: BaseException = exc
+            if isinstance(exc, PartialExport):  # what was written stays written
+                failed, cause = exc.failed, exc.cause
+            self.stats.exported += len(batch) - len(failed)
+            self._give_back(failed)
+            self._wake.set()
+            if is_store_failure(cause):
+                self._caller_paused_at = self.stats.exported
+                return False
+            if cause is exc:
+                raise
+            raise cause from exc
+        self._inflight = None
+        self.stats.exported += len(batch)
+        self._uncount_bytes(batch)
         return True
 
+    def _take(self, limit: int) -> list[Any]:
+        """Take up to ``limit`` records from the head of the queue, stopping at a flush
+        marker. They stay reachable as ``_inflight`` until written or spooled: the list
+        is filled by one C call, so a signal handler's exception cannot land between
+        taking a record and keeping it."""
+        queue = self._queue
+        count = min(limit, len(queue))
+        kinds = list(map(type, islice(queue, count)))
+        if _Marker in kinds:
+            count = kinds.index(_Marker)
+        batch: list[Any] = []
+        self._inflight = batch
+        batch.extend(starmap(queue.popleft, repeat((), count)))
+        return batch
+
+    def _give_back(self, records: Sequence[Any]) -> None:
+        """Put records that were not written back at the head of the queue, in order."""
+        self._queue.extendleft(reversed(records))
+        self._inflight = None
+
     def _start(self) -> None:
-        with self._start_lock:
+        # Not waiting for the lock: the thread holding it (maybe this one, interrupted
+        # by a signal handler that logs) is starting the worker.
+        if not self._start_lock.acquire(blocking=False):
+            return
+        try:
             if self._worker is not None and self._worker.is_alive():
                 return
             self._stop.clear()
             worker = threading.Thread(target=self._run, name=f"flowtrail:{self.name}", daemon=True)
             self._worker = worker
             worker.start()
+        finally:
+            self._start_lock.release()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record handed in before this call is written or spooled.
@@ -315,32 +476,63 @@ class Pipeline:
         if worker is None or not worker.is_alive():
             try:
                 self._start()
-            except RuntimeError:  # no new threads at interpreter shutdown: do it here
-                self._drain()
+            except RuntimeError:
+                # No new threads at interpreter shutdown, and writing on this thread
+                # could block past any deadline: the spool keeps them for the next run.
+                self._spool_queued(TimeoutError("no worker at interpreter shutdown"))
                 return True
         self._wake.set()
         return marker.event.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Flush, then stop the worker, all within ``timeout``. The pipeline starts
-        again on the next submit."""
+        again on the next submit. If the store did not take everything in time, what is
+        still queued goes to the spool (a batch the store is busy with stays with the
+        worker, which spools it if the store fails) and False is returned."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done = self.flush(timeout)
         worker = self._worker
+        self._stop.set()
+        self._wake.set()
+        if not done:
+            self._spool_queued(TimeoutError(f"close({timeout}) deadline passed"))
         if worker is not None:
-            self._stop.set()
-            self._wake.set()
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if done and not self._queue:
-            self._close_exporter()
+            self._close_exporter(wait=True)
         return done
 
-    def _close_exporter(self) -> None:
-        with self._export_lock:
+    def _spool_queued(self, why: BaseException, inflight: bool = False) -> None:
+        """Move every queued record (and, with ``inflight``, the batch the worker is
+        stuck on) to the spool, and release every flush waiting on them."""
+        leftovers: list[Any] = []
+        if inflight and self._inflight:
+            leftovers.extend(self._inflight)
+            self._inflight = None
+        queue = self._queue
+        while queue:
             try:
-                self.exporter.close_exporter()
-            except Exception:
-                pass
+                item = queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, _Marker):
+                item.event.set()
+            else:
+                leftovers.append(item)
+        if leftovers:
+            self._uncount_bytes(leftovers)
+            self._spool_batch(leftovers, why)
+
+    def _close_exporter(self, wait: bool = False) -> None:
+        # At exit the worker may be stuck in the store holding the lock: never wait then.
+        if not self._export_lock.acquire(timeout=1.0 if wait else 0.0):
+            return
+        try:
+            self.exporter.close_exporter()
+        except Exception:
+            pass
+        finally:
+            self._export_lock.release()
 
     def pending(self) -> int:
         """Records waiting in the queue."""
@@ -352,7 +544,6 @@ class Pipeline:
             self._replay_spool(force=True)
             while True:
                 self._wake.wait(self.options.flush_interval)
-                self._wake.clear()
                 self._drain()
                 if self._stop.is_set() and not self._queue:
                     break
@@ -373,52 +564,35 @@ class Pipeline:
         while self._queue:
             with self._drain_lock:
                 self._drain_one()
-            if self._helpers:
-                # Locks are not fair: step aside so a waiting caller gets its turn.
-                time.sleep(0.0005)
+        if not self._queue:
+            with self._bytes_lock:  # the count is approximate; it never drifts past here
+                self._queued_bytes = 0
         if self.spool.has_open():
             self.spool.seal()
             self._next_replay = 0.0
 
-    def _drain_one(self, on_caller: bool = False) -> None:
+    def _drain_one(self) -> None:
         """Take one batch from the head of the queue (up to a flush marker) and export
-        it. Called with the drain lock held, so batches are written in queue order.
-        ``on_caller``: one attempt that must not wait; on any failure the batch goes back
-        to the head of the queue for the worker, which retries it properly."""
+        it; a marker at the head is passed (what came before it is made durable). Called
+        on the worker with the drain lock held, so batches are written in queue order."""
         queue = self._queue
         limit = self.options.batch_size
         if len(queue) > 4 * limit:
             # A backlog: fewer, larger writes. Each write lets go of the interpreter lock,
             # and taking it back from a busy caller costs up to the 5 ms switch interval.
             limit = min(len(queue) // 2, 16 * limit)
-        popleft = queue.popleft
-        batch = [popleft() for _ in range(min(limit, len(queue)))]
-        marker = None
-        kinds = list(map(type, batch))
-        if _Marker in kinds:
-            # Stop at the first flush marker; what follows goes back to the head.
-            cut = kinds.index(_Marker)
-            marker, rest = batch[cut], batch[cut + 1 :]
-            del batch[cut:]
-            queue.extendleft(reversed(rest))
-        if on_caller:
-            try:
-                with self._export_lock:
-                    self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
-                self.stats.exported += len(batch)
-            except Exception as exc:
-                if isinstance(exc, PartialExport):  # what was written stays written
-                    self.stats.exported += len(batch) - len(exc.failed)
-                    batch = list(exc.failed)
-                if marker is not None:
-                    queue.appendleft(marker)
-                queue.extendleft(reversed(batch))
-                self._wake.set()
-                return
-        else:
+        batch = self._take(limit)
+        if batch:
+            size = _big_bytes(batch)
             for part in self._by_size(batch):
                 self._export(part)
-        if marker is not None:
+                del batch[: len(part)]  # what is left in flight (spooled at exit)
+            self._inflight = None
+            if size:
+                with self._bytes_lock:
+                    self._queued_bytes = max(0, self._queued_bytes - size)
+        elif queue and queue[0].__class__ is _Marker:
+            marker = queue.popleft()
             self._sync()
             marker.event.set()
 
@@ -656,19 +830,13 @@ class Pipeline:
             pass
 
     def _shutdown(self, deadline: float) -> None:
+        """Interpreter exit: flush within the deadline; past it, what is queued and the
+        batch the worker is stuck on (a locked database, a hung mount) go to the spool,
+        and exit goes on without waiting for the store."""
         remaining = max(0.0, deadline - time.monotonic())
         if not self.flush(remaining):
-            # Past the deadline: whatever is still queued goes to the spool.
             self._stop.set()
-            leftovers: list[Any] = []
-            while self._queue:
-                item = self._queue.popleft()
-                if isinstance(item, _Marker):
-                    item.event.set()
-                else:
-                    leftovers.append(item)
-            if leftovers:
-                self._spool_batch(leftovers, TimeoutError("exit deadline passed"))
+            self._spool_queued(TimeoutError("exit deadline passed"), inflight=True)
         self._stop.set()
         self._wake.set()
         if self.spool.has_open():
@@ -678,7 +846,7 @@ class Pipeline:
 
 _all_pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _registry: dict[Hashable, Pipeline] = {}
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
 _exit_timeout = [10.0]
 
 
@@ -740,8 +908,8 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     global _registry_lock, _report_lock
-    _registry_lock = threading.Lock()
-    _report_lock = threading.Lock()
+    _registry_lock = threading.RLock()
+    _report_lock = threading.RLock()
     for pipeline in list(_all_pipelines):
         pipeline._after_fork_in_child()
 

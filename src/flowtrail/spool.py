@@ -88,12 +88,10 @@ def encode_records(records: Sequence[Any]) -> bytes:
         return b"".join(parts)
 
 
-def _create(path: Path, append: bool = False) -> IO[bytes]:
+def _create(path: Path) -> IO[bytes]:
     """A new file readable by its owner only."""
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    flags |= os.O_APPEND if append else os.O_EXCL
-    fd = os.open(path, flags, 0o600)
-    return os.fdopen(fd, "ab" if append else "wb")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb")
 
 
 def sync_directory(directory: Path) -> None:
@@ -116,8 +114,10 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._lock = threading.Lock()
-        self._open: dict[str, tuple[Path, IO[bytes]]] = {}
+        # Re-entrant, and appends are one os.write: a signal handler that logs may
+        # interrupt this thread in the middle of an append.
+        self._lock = threading.RLock()
+        self._open: dict[str, tuple[Path, int]] = {}
         #: Per claimed file: (record, offset, length) of each line, for `keep_only`.
         self._spans: dict[Path, list[tuple[Any, int, int]]] = {}
 
@@ -215,19 +215,21 @@ class Spool:
             entry = self._open.get(kind)
             if entry is None:
                 path = self._new_path(kind, ".open")
-                entry = (path, _create(path, append=True))
-                self._open[kind] = entry
-            entry[1].write(line)
-            entry[1].flush()
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                entry = self._open[kind] = (path, fd)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(entry[1], view) :]
 
     def seal(self) -> None:
         """Close the open overflow files and make them replayable."""
         with self._lock:
             entries, self._open = self._open, {}
-        for path, handle in entries.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
+        for path, fd in entries.values():
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(path, path.with_name(path.name[: -len(".open")]))
         if entries:
             sync_directory(self.directory)
@@ -238,7 +240,7 @@ class Spool:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's open files without sealing them."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._open = {}
         self._spans = {}
 

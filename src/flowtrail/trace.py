@@ -330,7 +330,8 @@ class Trace:
         if not self.sampled:  # an unsampled trace keeps warnings and errors only
             self._min_level = max(self._min_level, LEVELS["warning"])
         self._layer = self.settings.logs_trace_frame_layer
-        self._buffer: list[Metadata] | None = None
+        self._buffer: list[Metadata | Span] | None = None
+        self._buffer_lock = threading.RLock()
         #: True while records can go straight to the pipelines (no console, no buffer).
         self._direct = not self._sync
         self._tokens: list[tuple[contextvars.Token[Any], contextvars.Token[Any]]] = []
@@ -409,21 +410,42 @@ class Trace:
             return
         for handler in _global_handlers[0]:  # capture_traces() observes every call
             handler.write(record)
-        buffer = self._buffer
-        if buffer is not None:  # inside ``with``: every handler gets it when the block ends
-            buffer.append(record)
-            if len(buffer) >= _BUFFER_LIMIT:
-                self._release_buffer()
+        if self._buffer is not None and self._hold(record):
             return
         for handler in self._sync:
             handler.write(record)
         for pipeline in self._pipes:
             pipeline.submit(record)
 
-    def _release_buffer(self) -> None:
-        buffer = self._buffer
+    def _hold(self, record: Metadata | Span) -> bool:
+        """Inside ``with``: keep the record until the block ends. False if the block
+        ended meanwhile (then the record is written at once). The lock makes sure a
+        record another thread adds while the block exits is never left in a buffer that
+        was already handed on; it is re-entrant so a signal handler that logs while
+        this thread holds it does not deadlock."""
+        with self._buffer_lock:
+            buffer = self._buffer
+            if buffer is None:
+                return False
+            buffer.append(record)
+            full = len(buffer) >= _BUFFER_LIMIT
+        if full:
+            self._release_buffer()
+        return True
+
+    def _take_buffer(self, keep_holding: bool) -> list[Metadata | Span]:
+        with self._buffer_lock:
+            buffer = self._buffer or []
+            self._buffer = [] if keep_holding else None
+        return buffer
+
+    def _release_buffer(self, keep_holding: bool = True) -> None:
+        """Hand the held records to every handler (and stop holding unless
+        ``keep_holding``)."""
+        if self._buffer is None:
+            return
+        buffer = self._take_buffer(keep_holding)
         if buffer:
-            self._buffer = []
             for handler in self._sync:
                 for record in buffer:
                     handler.write(record)
@@ -642,8 +664,7 @@ class Trace:
                     record = _replace(record, filename=_basename(code_file), lineno=tb.tb_lineno)
                 self._submit(record)
         finally:
-            self._release_buffer()
-            self._buffer = None
+            self._release_buffer(keep_holding=False)
             self._direct = not self._sync
             if self._tokens:
                 active_token, run_token = self._tokens.pop()

@@ -74,6 +74,8 @@ class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fi
     max_batch_bytes: Annotated[int, msgspec.Meta(gt=0)] = 16 * 1024 * 1024
     flush_interval: Annotated[float, msgspec.Meta(gt=0)] = 0.5
     queue_size: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+    #: Bytes of (large) messages the queue may hold before ``overflow`` applies.
+    queue_bytes: Annotated[int, msgspec.Meta(gt=0)] = 64 * 1024 * 1024
     #: When the queue is full: ``help`` (local stores' default: the caller writes a batch
     #: itself), ``spill`` (remote stores' default: to the spool), ``drop`` (counted) or
     #: ``block``.
@@ -88,6 +90,7 @@ _PIPELINE_ACCEPTED = {
     "buffer_size": "a positive integer",
     "flush_interval": "a number of seconds",
     "queue_size": "a positive integer",
+    "queue_bytes": "a positive number of bytes",
     "overflow": "one of 'help', 'spill', 'drop' (counted), 'block'",
     "max_retries": "an integer >= 0",
     "timeout": "a number of seconds",
@@ -213,6 +216,7 @@ class BaseHandler(logging.Handler):
                 max_batch_bytes=config.max_batch_bytes,
                 flush_interval=config.flush_interval,
                 queue_size=config.queue_size,
+                queue_bytes=config.queue_bytes,
                 overflow=config.overflow or ("help" if self.local else "spill"),
                 caller_runs=self.local,
                 spool_dir=f"{spool_root}/{self.spool_name()}",
