@@ -8,12 +8,19 @@ appended to ends in ``.open``; a replayer claims a finished file by renaming it 
 process that died is taken back.
 
 The handler key names the destination (type, path or URL, table or index), never other
-options, so records reach their destination whatever else changed. A replay that wrote
+options, so records reach their destination whatever else changed. Versions before
+2026-12 named the folder ``<type>-<digest of every option>``: a pipeline moves the files
+of the old folder its own options give into its folder and replays them; an old folder
+written with other options cannot be matched (the digest cannot be reversed): move its
+``*.jsonl`` files into the destination's folder by hand. A replay that wrote
 part of a file keeps only the unwritten records in it. Records that can never be written
 as they are, and spool files with undecodable lines, are kept as ``.failed`` files for a
 person to look at (never replayed, never deleted). Spool files are created ``0600`` (records
 may hold secrets) in a ``0700`` folder; a finished file is ``fsync``ed, and so is the
 folder after it is renamed into place.
+
+Limits: a process killed between writing records to the store and recording that in the
+spool file (deleting it, or blanking the written lines) replays those records again.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class FileHandler(BaseHandler, StoreReader):
                     written = os.write(fd, view)
                     entry[1] += written
                     view = view[written:]
-        except OSError:
+        except BaseException:  # a full disk, or a signal handler's exception mid-write
             for fd, count in done:
                 _truncate_own(fd, count)
             raise
@@ -186,7 +186,7 @@ class FileHandler(BaseHandler, StoreReader):
         for index, run_id in enumerate(pending):
             try:
                 self._export_run(run_id, groups[run_id], line)
-            except Exception as exc:  # the run's records are in none of its files
+            except BaseException as exc:  # the run's records are in none of its files
                 if index == 0 and not refused:
                     raise  # nothing of the batch was written
                 rest = [r for later in pending[index:] for r in groups[later]]

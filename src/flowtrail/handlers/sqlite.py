@@ -289,7 +289,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         for index, (sql, params, _records) in enumerate(work):
             try:
                 conn.execute(sql, params)
-            except Exception as exc:
+            except BaseException as exc:  # a signal handler's exception too
                 if isinstance(exc, sqlite3.DatabaseError) and not self.retryable(exc):
                     # A schema error (a table dropped by hand) may be this connection's
                     # view: the next attempt connects again and makes the schema.
