@@ -10,7 +10,9 @@ import json
 import os
 import sqlite3
 import stat
+import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 import flowtrail
 from conftest import run_python
 from flowtrail import FileHandler, Metadata, SQLiteHandler, get_trace
-from flowtrail.pipeline import Pipeline
+from flowtrail.pipeline import Pipeline, PipelineOptions
 from flowtrail.spool import Spool
 
 
@@ -399,3 +401,69 @@ def test_spool_files_are_private_and_their_folder_is_synced(tmp_path: Path, fsyn
         os.umask(old_umask)
     assert modes == {0o600}
     assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+
+
+# ---------------------------------------------------------------------- the shared mechanism
+class Refusing:
+    """An exporter like a remote store's: it refuses a whole request that holds a record
+    it rejects (``bad`` in the message), or every request (``down``)."""
+
+    def __init__(self, refuse_all: bool = False) -> None:
+        self.refuse_all = refuse_all
+        self.calls = 0
+        self.written: list[str] = []
+
+    def export(self, batch: Sequence[Any]) -> None:
+        self.calls += 1
+        if self.refuse_all or any("bad" in r.message for r in batch):
+            raise ValueError("400 Bad Request")
+        self.written.extend(r.message for r in batch)
+
+    def retryable(self, exc: BaseException) -> bool:
+        return not isinstance(exc, ValueError)
+
+    def sync(self) -> None:
+        pass
+
+    def close_exporter(self) -> None:
+        pass
+
+    def after_fork(self) -> None:
+        pass
+
+
+def test_the_pipeline_isolates_a_bad_record_for_any_exporter(tmp_path: Path) -> None:
+    exporter = Refusing()
+    options = PipelineOptions(spool_dir=str(tmp_path / "spool"), replay_interval=0.05)
+    pipeline = Pipeline("remote", exporter, options)
+    messages = [f"good {i}" for i in range(1000)]
+    messages[700] = "bad 700"
+    for message in messages:
+        pipeline.submit(Metadata(run_id="r", message=message))
+    assert pipeline.flush(10.0)
+    assert exporter.written == [m for m in messages if m != "bad 700"]  # in order, once
+    assert exporter.calls <= 2 * 10 + 2  # about two requests per halving
+    assert pipeline.stats.spooled == 1  # a second chance at replay ...
+    assert wait_until(lambda: pipeline.stats.set_aside == 1)  # ... then kept aside
+    [failed] = (tmp_path / "spool").glob("*.failed")
+    assert [json.loads(line)["message"] for line in failed.read_text().splitlines()] == ["bad 700"]
+    assert exporter.written.count("good 0") == 1
+    pipeline.close(10.0)
+    # A store that refuses every request is not sent one request per record.
+    exporter = Refusing(refuse_all=True)
+    pipeline = Pipeline("down", exporter, PipelineOptions(spool_dir=str(tmp_path / "down")))
+    for i in range(1000):
+        pipeline.submit(Metadata(run_id="r", message=f"m {i}"))
+    assert pipeline.flush(10.0)
+    assert exporter.calls <= 2 * 10 + 6
+    assert pipeline.stats.spooled == 1000 and pipeline.stats.dropped == 0
+    pipeline.close(10.0)
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()

@@ -678,19 +678,28 @@ class Pipeline:
 
         Returns ``(records written, [(bad record, why)], records left for a later retry,
         why)``: once a part fails for a reason that may pass (the store went away), the
-        rest is not tried now."""
+        rest is not tried now. When nothing at all goes through after about twice the
+        attempts a single bad record needs, the failure is the store's, not a record's
+        (a remote store refusing every request): the rest counts as bad without more
+        attempts, so a batch never costs one request per record."""
         written = 0
         bad: list[tuple[Any, BaseException]] = []
         later: list[Any] = []
         later_exc: BaseException | None = None
+        attempts = 0
+        budget = 2 * len(batch).bit_length() + 4
 
         def visit(part: list[Any], error: BaseException) -> None:
-            nonlocal written, later_exc
+            nonlocal written, later_exc, attempts
+            if not written and attempts >= budget:
+                bad.extend((record, error) for record in part)
+                return
             if len(part) == 1:
                 record = part[0]
                 clean = sanitized(record)
                 if clean is not record:
                     count, _, clean_exc = self._attempt([clean])
+                    attempts += 1
                     if clean_exc is None:
                         written += count
                         self.stats.sanitised += 1
@@ -713,7 +722,11 @@ class Pipeline:
                 if later:
                     later.extend(half)
                     continue
+                if not written and attempts >= budget:
+                    bad.extend((record, error) for record in half)
+                    continue
                 count, failed, half_exc = self._attempt(half)
+                attempts += 1
                 written += count
                 if half_exc is None:
                     continue
