@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -467,3 +468,43 @@ def wait_until(condition: Any, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return condition()
+
+
+class Slow(Refusing):
+    """Writes everything, slowly (a store that cannot keep up)."""
+
+    def export(self, batch: Sequence[Any]) -> None:
+        time.sleep(0.02)
+        self.written.extend(r.message for r in batch)
+
+
+def test_records_spilled_to_the_spool_are_durable_when_flush_returns(tmp_path: Path) -> None:
+    """A full queue spills records to the spool's open file; a flush that returns True
+    has synced and sealed it, even while more records keep coming."""
+    spool = tmp_path / "spool"
+    options = PipelineOptions(spool_dir=str(spool), queue_size=20, batch_size=10)
+    pipeline = Pipeline("slow", Slow(), options)
+    for i in range(200):
+        pipeline.submit(Metadata(run_id="r", message=f"m {i}"))
+    assert pipeline.stats.spooled > 0
+    stop = threading.Event()
+
+    def keep_coming() -> None:
+        i = 0
+        while not stop.is_set():
+            pipeline.submit(Metadata(run_id="r", message=f"more {i}"))
+            i += 1
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=keep_coming)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        spilled_before = {p.name for p in spool.glob("*.jsonl.open")}
+        assert pipeline.flush(10.0)
+        still_open = {p.name for p in spool.glob("*.jsonl.open")}
+    finally:
+        stop.set()
+        thread.join()
+    assert spilled_before and not (spilled_before & still_open)
+    pipeline.close(10.0)

@@ -740,7 +740,12 @@ class Pipeline:
         return written, bad, later, later_exc
 
     def _sync(self) -> None:
+        """A flush reached the worker: make what was written durable, and the records
+        spilled to the spool too (its open overflow files are synced and sealed)."""
         try:
+            if self.spool.has_open():
+                self.spool.seal()
+                self._next_replay = 0.0
             with self._export_lock:
                 self.exporter.sync()
         except Exception as exc:
