@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from itertools import islice, repeat, starmap
 from typing import Any, Literal, Protocol
 
+from flowtrail.records import sanitized
 from flowtrail.spool import Spool
 
 
@@ -89,6 +90,9 @@ class PipelineOptions:
     retry_max_backoff: float = 5.0
     retry_deadline: float = 30.0
     replay_interval: float = 30.0
+    #: Spool folders of older versions for the same destination: their files are moved
+    #: into ``spool_dir`` and replayed.
+    legacy_spool_dirs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -98,7 +102,13 @@ class PipelineStats:
     exported: int = 0
     spooled: int = 0
     replayed: int = 0
+    #: Records lost: dropped by ``overflow="drop"``, not spoolable, or undecodable in a
+    #: damaged spool file.
     dropped: int = 0
+    #: Records that can never be written as they are, kept in ``.failed`` spool files.
+    set_aside: int = 0
+    #: Records written only after unencodable text or values in them were replaced.
+    sanitised: int = 0
     failed_batches: int = 0
     retries: int = 0
     last_error: str | None = None
@@ -181,18 +191,26 @@ def is_store_failure(exc: BaseException) -> bool:
     return True
 
 
-_reported: set[tuple[str, str]] = set()
+_reported: set[tuple[str, str, str]] = set()
 # Re-entrant: a signal handler that logs may interrupt this thread while it holds it.
 _report_lock = threading.RLock()
 
+#: What became of records a handler could not write, mildest first. Each is reported once
+#: per handler and error type, so a worse outcome of an error already reported (records
+#: lost because the spool failed too) is reported again.
+OUTCOMES = ("unsynced", "sanitised", "spooled", "set aside", "damaged", "lost")
 
-def report_once(name: str, exc: BaseException, count: int, where: str) -> None:
-    """Tell stderr once per handler and error type that records could not be written."""
+
+def report_once(
+    name: str, exc: BaseException, count: int, where: str, outcome: str = "spooled"
+) -> None:
+    """Tell stderr once per handler, error type and outcome (see `OUTCOMES`) that records
+    could not be written as they were."""
     kind = type(exc).__name__
     with _report_lock:
-        if (name, kind) in _reported:
+        if (name, kind, outcome) in _reported:
             return
-        _reported.add((name, kind))
+        _reported.add((name, kind, outcome))
     try:
         sys.stderr.write(
             f"flowtrail: handler {name} could not write {count} record(s) "
@@ -201,6 +219,13 @@ def report_once(name: str, exc: BaseException, count: int, where: str) -> None:
         )
     except Exception:
         pass
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The failure behind a `PartialExport` (the exception itself otherwise)."""
+    while isinstance(exc, PartialExport):
+        exc = exc.cause
+    return exc
 
 
 class Pipeline:
@@ -329,6 +354,7 @@ class Pipeline:
                     OverflowError(f"queue full ({self.options.queue_size} records)"),
                     1,
                     "records are dropped while the queue is full (overflow='drop')",
+                    outcome="lost",
                 )
             return
         if policy == "block":
@@ -345,7 +371,7 @@ class Pipeline:
             self.stats.spooled += 1
         except Exception as exc:  # the disk itself failed: nothing left but to count
             self.stats.dropped += 1
-            report_once(self.name, exc, 1, "the record could not be spooled either")
+            report_once(self.name, exc, 1, "the record could not be spooled either", outcome="lost")
         self._wake.set()
 
     def _append_counted(self, record: Any) -> None:
@@ -611,60 +637,172 @@ class Pipeline:
             size += item_size
         return parts
 
+    def _attempt(self, batch: list[Any]) -> tuple[int, list[Any], BaseException | None]:
+        """Export ``batch`` once: ``(records written, records not written, why)``."""
+        try:
+            with self._export_lock:
+                self.exporter.export(batch)
+        except PartialExport as partial:
+            failed = list(partial.failed)
+            return len(batch) - len(failed), failed, _cause(partial)
+        except Exception as exc:
+            return 0, batch, exc
+        return len(batch), [], None
+
+    def _count_error(self, exc: BaseException) -> None:
+        key = type(exc).__name__
+        self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
+        self.stats.last_error = f"{key}: {exc}"
+
     def _export(self, batch: list[Any]) -> None:
+        """Write ``batch``: retry what failed for a reason that may pass, isolate the
+        records that fail for good (`_isolate`), spool what is left."""
         options = self.options
         deadline = time.monotonic() + options.retry_deadline
         attempt = 0
         while True:
-            try:
-                with self._export_lock:
-                    self.exporter.export(batch)
-                self.stats.exported += len(batch)
+            written, batch, exc = self._attempt(batch)
+            self.stats.exported += written
+            if exc is None:
                 return
-            except Exception as error:
-                exc: BaseException = error
-                if isinstance(error, PartialExport):
-                    # Only the records the exporter could not write are retried or spooled.
-                    self.stats.exported += len(batch) - len(error.failed)
-                    batch, exc = list(error.failed), error.cause
-                attempt += 1
-                key = type(exc).__name__
-                self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
-                self.stats.last_error = f"{key}: {exc}"
-                retry = self._retryable(exc) and attempt <= options.max_retries
-                delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
-                delay *= 0.5 + random.random()
-                if not retry or time.monotonic() + delay > deadline or self._stop.is_set():
+            self._count_error(exc)
+            if not self._retryable(exc):
+                # Bad records, not a bad store: write every other record now. The bad
+                # ones wait in the spool; a replay that fails on them sets them aside.
+                written, bad, batch, later_exc = self._isolate(batch, exc)
+                self.stats.exported += written
+                if bad:
                     self.stats.failed_batches += 1
-                    self._spool_batch(batch, exc)
+                    self._spool_batch([record for record, _ in bad], bad[0][1])
+                if not batch:
                     return
-                self.stats.retries += 1
-                if self._stop.wait(delay):  # shutdown cuts the sleep short
-                    self.stats.failed_batches += 1
-                    self._spool_batch(batch, exc)
-                    return
+                assert later_exc is not None
+                exc = later_exc  # the store failed while isolating: retry the rest
+            attempt += 1
+            retry = attempt <= options.max_retries
+            delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
+            delay *= 0.5 + random.random()
+            if not retry or time.monotonic() + delay > deadline or self._stop.is_set():
+                self.stats.failed_batches += 1
+                self._spool_batch(batch, exc)
+                return
+            self.stats.retries += 1
+            if self._stop.wait(delay):  # shutdown cuts the sleep short
+                self.stats.failed_batches += 1
+                self._spool_batch(batch, exc)
+                return
+
+    def _isolate(
+        self, batch: list[Any], exc: BaseException
+    ) -> tuple[int, list[tuple[Any, BaseException]], list[Any], BaseException | None]:
+        """``batch`` failed with ``exc``, which the exporter says will fail again: split it
+        in halves until the records that fail are alone, so every other record is written
+        once. A record that fails alone is retried once with its unencodable text and
+        values replaced (`flowtrail.records.sanitized`).
+
+        Returns ``(records written, [(bad record, why)], records left for a later retry,
+        why)``: once a part fails for a reason that may pass (the store went away), the
+        rest is not tried now. When nothing at all goes through after about twice the
+        attempts a single bad record needs, the failure is the store's, not a record's
+        (a remote store refusing every request): the rest counts as bad without more
+        attempts, so a batch never costs one request per record."""
+        written = 0
+        bad: list[tuple[Any, BaseException]] = []
+        later: list[Any] = []
+        later_exc: BaseException | None = None
+        attempts = 0
+        budget = 2 * len(batch).bit_length() + 4
+
+        def visit(part: list[Any], error: BaseException) -> None:
+            nonlocal written, later_exc, attempts
+            if not written and attempts >= budget:
+                bad.extend((record, error) for record in part)
+                return
+            if len(part) == 1:
+                record = part[0]
+                clean = sanitized(record)
+                if clean is not record:
+                    count, _, clean_exc = self._attempt([clean])
+                    attempts += 1
+                    if clean_exc is None:
+                        written += count
+                        self.stats.sanitised += 1
+                        report_once(
+                            self.name,
+                            error,
+                            1,
+                            "it was written with the unencodable text and values replaced",
+                            outcome="sanitised",
+                        )
+                        return
+                    if self._retryable(clean_exc):
+                        later.append(record)
+                        later_exc = clean_exc
+                        return
+                bad.append((record, error))
+                return
+            middle = len(part) // 2
+            for half in (part[:middle], part[middle:]):
+                if later:
+                    later.extend(half)
+                    continue
+                if not written and attempts >= budget:
+                    bad.extend((record, error) for record in half)
+                    continue
+                count, failed, half_exc = self._attempt(half)
+                attempts += 1
+                written += count
+                if half_exc is None:
+                    continue
+                if self._retryable(half_exc):
+                    later.extend(failed)
+                    later_exc = half_exc
+                else:
+                    visit(failed, half_exc)
+
+        visit(batch, exc)
+        return written, bad, later, later_exc
 
     def _sync(self) -> None:
+        """A flush reached the worker: make what was written durable, and the records
+        spilled to the spool too (its open overflow files are synced and sealed)."""
         try:
+            if self.spool.has_open():
+                self.spool.seal()
+                self._next_replay = 0.0
             with self._export_lock:
                 self.exporter.sync()
         except Exception as exc:
-            report_once(self.name, exc, 0, "written records may not be on disk yet")
+            report_once(
+                self.name, exc, 0, "written records may not be on disk yet", outcome="unsynced"
+            )
 
     def _retryable(self, exc: BaseException) -> bool:
         check = getattr(self.exporter, "retryable", None)
-        return bool(check(exc)) if check is not None else True
+        return bool(check(_cause(exc))) if check is not None else True
 
     def _spool_batch(self, batch: list[Any], exc: BaseException) -> None:
         try:
             self.spool.write_batch(batch)
             self.stats.spooled += len(batch)
+            outcome = "spooled"
             where = f"they were saved to the spool {self.spool.directory} and will be re-sent"
         except Exception as spool_exc:
             self.stats.dropped += len(batch)
+            outcome = "lost"
             where = f"the spool {self.spool.directory} failed too ({spool_exc}); they are lost"
         self._next_replay = time.monotonic() + self.options.replay_interval
-        report_once(self.name, exc, len(batch), where)
+        report_once(self.name, exc, len(batch), where, outcome=outcome)
+
+    def _damaged(self, kept: Any, lines: int) -> None:
+        self.stats.dropped += lines
+        report_once(
+            self.name,
+            ValueError(f"{lines} undecodable line(s) in a spool file"),
+            lines,
+            f"the file was kept as {kept} for a person to look at",
+            outcome="damaged",
+        )
 
     def _replay_spool(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -672,25 +810,57 @@ class Pipeline:
             return
         self._next_replay = now + self.options.replay_interval
         try:
-            for claimed, _kind, records in self.spool.claim():
+            if force:
+                for legacy in self.options.legacy_spool_dirs:
+                    self.spool.adopt(legacy)
+            for claimed, kind, records in self.spool.claim(on_damaged=self._damaged):
                 try:
-                    if records:
-                        with self._export_lock:
-                            self.exporter.export(records)
-                except Exception as exc:
-                    if self._retryable(exc):
-                        self.spool.release(claimed)  # the backend is still down: later
-                        return
-                    # This batch can never be written (bad data, not a bad backend): set it
-                    # aside for a person to look at, and go on with the others.
-                    kept = self.spool.set_aside(claimed)
-                    self.stats.dropped += len(records)
-                    report_once(self.name, exc, len(records), f"the batch was set aside as {kept}")
-                    continue
-                self.stats.replayed += len(records)
-                self.spool.done(claimed)
+                    if not self._replay_file(claimed, kind, records):
+                        return  # the store is still down: later
+                except Exception:
+                    self.spool.release(claimed)
+                    return
         except Exception:
             return
+
+    def _replay_file(self, claimed: Any, kind: str, records: list[Any]) -> bool:
+        """Write one claimed spool file's records. What was written leaves the file,
+        what fails for good is set aside, what may pass stays for a later replay (the
+        file is given back). False if the store is still failing."""
+        written, failed, exc = self._attempt(records) if records else (0, [], None)
+        bad: list[tuple[Any, BaseException]] = []
+        later: list[Any] = []
+        if exc is not None:
+            self._count_error(exc)
+            if self._retryable(exc):
+                later = failed
+            else:
+                more, bad, later, _ = self._isolate(failed, exc)
+                written += more
+        self.stats.replayed += written
+        if bad:
+            aside = [record for record, _ in bad]
+            if len(aside) == len(records):
+                kept = self.spool.set_aside(claimed)
+            else:
+                kept = self.spool.write_failed(aside, kind)
+            self.stats.set_aside += len(aside)
+            report_once(
+                self.name,
+                bad[0][1],
+                len(aside),
+                f"they can never be written as they are and were set aside as {kept}",
+                outcome="set aside",
+            )
+            if len(aside) == len(records):
+                return True
+        if later:
+            if len(later) < len(records):
+                self.spool.keep_only(claimed, later)  # the written part is not replayed again
+            self.spool.release(claimed)
+            return False
+        self.spool.done(claimed)
+        return True
 
     # ------------------------------------------------------------------ process events
     def _after_fork_in_child(self) -> None:

@@ -298,6 +298,80 @@ encode = _encoder.encode
 encode_lines = _encoder.encode_lines
 
 
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates (not encodable as UTF-8) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def json_safe(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
+    """``value`` made encodable as JSON by every store: text without lone surrogates,
+    dict keys as text, tuples and sets as lists, a container that contains itself cut
+    with ``"<recursive>"``, and any other object that `msgspec` cannot encode as its
+    ``str()``. Returns ``value`` itself when nothing needed changing."""
+    if value is None or value.__class__ in (bool, int, float):
+        return value
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in _seen:
+            return "<recursive>"
+        if len(_seen) >= 100:
+            return "<nested too deep>"
+        seen = _seen | {id(value)}
+        if isinstance(value, dict):
+            out = {
+                clean_text(k if isinstance(k, str) else str(k)): json_safe(v, seen)
+                for k, v in value.items()
+            }
+            same = len(out) == len(value) and all(
+                k in value and value[k] is v for k, v in out.items()
+            )
+        else:
+            items = [json_safe(v, seen) for v in value]
+            same = isinstance(value, list) and all(
+                a is b for a, b in zip(items, value, strict=True)
+            )
+            out = items  # type: ignore[assignment]
+        return value if same else out
+    if isinstance(value, msgspec.Struct):
+        return sanitized(value)
+    try:
+        _encoder.encode(value)
+        return value
+    except Exception:
+        try:
+            return clean_text(str(value))
+        except Exception:
+            return f"<unprintable {type(value).__name__}>"
+
+
+def sanitized(record: Any) -> Any:
+    """``record`` (a `Metadata`, `Span` or other struct) with every field made encodable
+    (`json_safe`); the record itself when it already was."""
+    if not isinstance(record, msgspec.Struct):
+        return record
+    changes = {}
+    for name in record.__struct_fields__:
+        value = getattr(record, name)
+        clean = json_safe(value)
+        if clean is not value:
+            changes[name] = clean
+    return msgspec.structs.replace(record, **changes) if changes else record
+
+
+def encodable(value: Any) -> bool:
+    """Whether every store can encode ``value`` as it is."""
+    try:
+        _encoder.encode(value)
+    except Exception:
+        return False
+    return True
+
+
 def decode_metadata(data: bytes | str) -> Metadata:
     """Decode one JSON line into a `Metadata`."""
     return _metadata_decoder.decode(data)

@@ -6,6 +6,21 @@ Layout: ``<spool_dir>/<handler key>/<pid>-<time ns>-<rand>.<kind>.jsonl``. A fil
 appended to ends in ``.open``; a replayer claims a finished file by renaming it to
 ``.claimed-<pid>`` so that two processes never send the same file twice. A claim left by a
 process that died is taken back.
+
+The handler key names the destination (type, path or URL, table or index), never other
+options, so records reach their destination whatever else changed. Versions before
+2026-12 named the folder ``<type>-<digest of every option>``: a pipeline moves the files
+of the old folder its own options give into its folder and replays them; an old folder
+written with other options cannot be matched (the digest cannot be reversed): move its
+``*.jsonl`` files into the destination's folder by hand. A replay that wrote
+part of a file keeps only the unwritten records in it. Records that can never be written
+as they are, and spool files with undecodable lines, are kept as ``.failed`` files for a
+person to look at (never replayed, never deleted). Spool files are created ``0600`` (records
+may hold secrets) in a ``0700`` folder; a finished file is ``fsync``ed, and so is the
+folder after it is renamed into place.
+
+Limits: a process killed between writing records to the store and recording that in the
+spool file (deleting it, or blanking the written lines) replays those records again.
 """
 
 from __future__ import annotations
@@ -15,9 +30,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines
+from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines, sanitized
 
 #: Record kinds a spool file can hold, and how to decode one line of each.
 DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata, "span": decode_span}
@@ -26,6 +41,33 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata, "span": d
 def kind_of(record: Any) -> str:
     """The spool kind of a record (``log`` for `Metadata`)."""
     return "log" if isinstance(record, Metadata) else getattr(record, "spool_kind", "log")
+
+
+def _read_lines(data: bytes, kind: str) -> tuple[list[Any], list[tuple[Any, int, int]], int]:
+    """The records of a spool file's bytes, the (record, offset, length) of each line,
+    and how many lines could not be decoded: a torn last line (a writer killed mid-line)
+    is not counted, nor a line that starts with a space (written by a replay)."""
+    decode = DECODERS.get(kind, decode_metadata)
+    records: list[Any] = []
+    spans: list[tuple[Any, int, int]] = []
+    damaged = 0
+    offset = 0
+    end = len(data)
+    while offset < end:
+        newline = data.find(b"\n", offset)
+        stop = end if newline == -1 else newline
+        line = data[offset:stop]
+        if line.strip() and line[:1] != b" ":
+            try:
+                record = decode(line)
+            except Exception:
+                if newline != -1:
+                    damaged += 1
+            else:
+                records.append(record)
+                spans.append((record, offset, stop - offset))
+        offset = stop + 1
+    return records, spans, damaged
 
 
 def _pid_alive(pid: int) -> bool:
@@ -38,6 +80,42 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def encode_records(records: Sequence[Any]) -> bytes:
+    """JSON lines of ``records``; a record that cannot be encoded as it is is written with
+    its unencodable text and values replaced (`flowtrail.records.sanitized`)."""
+    try:
+        return encode_lines(records)
+    except Exception:
+        parts = []
+        for record in records:
+            try:
+                parts.append(encode_lines((record,)))
+            except Exception:
+                parts.append(encode_lines((sanitized(record),)))
+        return b"".join(parts)
+
+
+def _create(path: Path) -> IO[bytes]:
+    """A new file readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def sync_directory(directory: Path) -> None:
+    """``fsync`` a directory, so that files created or renamed in it survive a power
+    loss (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Spool:
     """One handler's spool directory."""
 
@@ -47,31 +125,99 @@ class Spool:
         # interrupt this thread in the middle of an append.
         self._lock = threading.RLock()
         self._open: dict[str, tuple[Path, int]] = {}
+        #: Per claimed file: (record, offset, length) of each line, for `keep_only`.
+        self._spans: dict[Path, list[tuple[Any, int, int]]] = {}
 
     def _new_path(self, kind: str, suffix: str) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{os.getpid()}-{time.time_ns()}-{os.urandom(3).hex()}.{kind}.jsonl{suffix}"
         return self.directory / name
 
-    def write_batch(self, records: Sequence[Any]) -> None:
-        """Write records durably (fsync) to new finished spool files, one per kind."""
+    def write_batch(self, records: Sequence[Any], suffix: str = "") -> list[Path]:
+        """Write records durably (fsync) to new finished spool files, one per kind;
+        ``suffix=".failed"`` sets them aside instead. Returns the files."""
         by_kind: dict[str, list[Any]] = {}
         for record in records:
             by_kind.setdefault(kind_of(record), []).append(record)
+        written = []
         for kind, group in by_kind.items():
-            final = self._new_path(kind, "")
-            temp = final.with_name(final.name + ".open")
-            with temp.open("wb") as handle:
-                handle.write(encode_lines(group))
+            final = self._new_path(kind, suffix)
+            # A ".open" temp file of a process that dies here is replayed (what it holds
+            # was not written anywhere else); other temp files are not.
+            self._write_file(final, encode_records(group), ".open" if not suffix else ".tmp")
+            written.append(final)
+        if written:
+            sync_directory(self.directory)
+        return written
+
+    @staticmethod
+    def _write_file(final: Path, data: bytes, temp_suffix: str = ".tmp") -> None:
+        temp = final.with_name(final.name + temp_suffix)
+        try:
+            with _create(temp) as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def write_failed(self, records: Sequence[Any], kind: str = "log") -> Path:
+        """Keep records that can never be written as they are in a new ``.failed``
+        file; return it."""
+        final = self._new_path(kind, ".failed")
+        self._write_file(final, encode_records(records))
+        sync_directory(self.directory)
+        return final
+
+    def keep_only(self, claimed: Path, records: Sequence[Any]) -> None:
+        """A replay wrote part of a claimed file: keep only ``records`` (the ones not
+        written) in it. The lines of the others are overwritten with spaces in place
+        and synced: that needs no new disk space (the disk may be what is full), and a
+        line blanked part way when the process dies starts with a space, which marks it
+        as written too (a spool line starts with ``{``)."""
+        spans = self._spans.get(claimed)
+        if spans is None:
+            raise ValueError(f"{claimed} was not claimed by this spool")
+        keep = set(map(id, records))
+        with open(claimed, "r+b") as handle:
+            for record, offset, length in spans:
+                if id(record) not in keep:
+                    handle.seek(offset)
+                    handle.write(b" " * length)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._spans[claimed] = [span for span in spans if id(span[0]) in keep]
+
+    def adopt(self, old: str | os.PathLike[str]) -> int:
+        """Move the pending files of an older spool folder of the same destination
+        into this one (they are replayed from here); remove the old folder if that
+        leaves it empty. Returns how many files moved."""
+        folder = Path(old)
+        if folder.resolve() == self.directory.resolve() or not folder.is_dir():
+            return 0
+        moved = 0
+        for path in Spool(folder).pending():
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                os.replace(path, self.directory / path.name)
+                moved += 1
+            except OSError:
+                pass
+        if moved:
+            sync_directory(self.directory)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+        return moved
 
     def append(self, record: Any) -> None:
         """Append one record to this process's open overflow file (no fsync: a killed
         process's writes stay in the OS; `seal` makes the file replayable)."""
         kind = kind_of(record)
-        line = encode_lines((record,))
+        line = encode_records((record,))
         with self._lock:
             entry = self._open.get(kind)
             if entry is None:
@@ -92,6 +238,8 @@ class Spool:
             finally:
                 os.close(fd)
             os.replace(path, path.with_name(path.name[: -len(".open")]))
+        if entries:
+            sync_directory(self.directory)
 
     def has_open(self) -> bool:
         """Whether an overflow file is open."""
@@ -101,6 +249,7 @@ class Spool:
         """In a forked child: drop the parent's open files without sealing them."""
         self._lock = threading.RLock()
         self._open = {}
+        self._spans = {}
 
     def pending(self) -> list[Path]:
         """Finished spool files, oldest first, including stale claims of dead processes
@@ -124,9 +273,15 @@ class Spool:
         found.sort(key=lambda p: p.name.split("-")[1] if "-" in p.name else p.name)
         return found
 
-    def claim(self) -> Iterator[tuple[Path, str, list[Any]]]:
+    def claim(
+        self, on_damaged: Callable[[Path, int], None] | None = None
+    ) -> Iterator[tuple[Path, str, list[Any]]]:
         """Yield ``(claimed path, kind, records)`` for each pending file this process
-        managed to claim. The caller must `done` or `release` each one."""
+        managed to claim. The caller must `done` or `release` each one.
+
+        A file with lines that cannot be decoded (other than a torn last line, left by a
+        writer that was killed) is kept as ``.failed``; its good records are yielded from
+        a new file, and ``on_damaged(kept file, undecodable lines)`` is called."""
         for path in self.pending():
             claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}")
             try:
@@ -134,32 +289,40 @@ class Spool:
             except OSError:
                 continue  # another process claimed it
             kind = path.name.rsplit(".", 2)[-2]
-            decode = DECODERS.get(kind, decode_metadata)
-            records = []
-            with claimed.open("rb") as handle:
-                for line in handle:
-                    if line.strip():
-                        try:
-                            records.append(decode(line))
-                        except Exception:
-                            continue  # a torn last line of a killed writer
+            records, spans, damaged = _read_lines(claimed.read_bytes(), kind)
+            if damaged:
+                kept = claimed.with_name(path.name + ".failed")
+                if records:
+                    fresh = self._new_path(kind, f".claimed-{os.getpid()}")
+                    data = encode_records(records)
+                    self._write_file(fresh, data)
+                    records, spans, _ = _read_lines(data, kind)
+                os.replace(claimed, kept)
+                sync_directory(self.directory)
+                if on_damaged is not None:
+                    on_damaged(kept, damaged)
+                if not records:
+                    continue
+                claimed = fresh
+            self._spans[claimed] = spans
             yield claimed, kind, records
 
-    @staticmethod
-    def done(claimed: Path) -> None:
+    def done(self, claimed: Path) -> None:
         """Delete a replayed file."""
+        self._spans.pop(claimed, None)
         claimed.unlink(missing_ok=True)
 
-    @staticmethod
-    def set_aside(claimed: Path) -> Path:
+    def set_aside(self, claimed: Path) -> Path:
         """Keep a file that can never be replayed as ``<name>.failed`` (not replayed)."""
+        self._spans.pop(claimed, None)
         target = claimed.with_name(claimed.name.split(".claimed-", 1)[0] + ".failed")
         os.replace(claimed, target)
+        sync_directory(target.parent)
         return target
 
-    @staticmethod
-    def release(claimed: Path) -> None:
+    def release(self, claimed: Path) -> None:
         """Give a claimed file back for a later replay."""
+        self._spans.pop(claimed, None)
         base = claimed.name.split(".claimed-", 1)[0]
         try:
             os.replace(claimed, claimed.with_name(base))
@@ -171,5 +334,5 @@ class Spool:
         total = 0
         for path in self.pending():
             with path.open("rb") as handle:
-                total += sum(1 for line in handle if line.strip())
+                total += sum(1 for line in handle if line.strip() and line[:1] != b" ")
         return total

@@ -53,7 +53,7 @@ from flowtrail.handlers import (
 )
 from flowtrail.logrecords import record_level
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
-from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
+from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent, json_safe
 from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
 
 _getframe = sys._getframe
@@ -182,7 +182,9 @@ def _context_fields(run_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"flowtrail config: a record field in extras is not valid: {exc}"
         ) from None
-    return {key: getattr(checked, key) for key in fields}
+    # Made encodable once per trace, not per record: every store must be able to write
+    # the values (lone surrogates, objects JSON cannot hold, a dict that contains itself).
+    return {key: json_safe(getattr(checked, key)) for key in fields}
 
 
 def _level_method(level: str) -> Any:

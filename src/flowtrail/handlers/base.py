@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -33,6 +34,12 @@ from flowtrail.records import Metadata, TraceData
 
 if TYPE_CHECKING:
     from flowtrail.records import RunSummary
+
+
+def _slug(name: str) -> str:
+    """The last part of a path or URL, as characters safe in a folder name."""
+    tail = name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._]+", "_", tail).strip("._")[:40]
 
 
 class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -218,6 +225,8 @@ class BaseHandler(logging.Handler):
         config = self.config
         assert isinstance(config, PipelineConfig)
 
+        spool_root = config.spool_dir or "./logs/spool"
+
         def make() -> tuple[str, Any, PipelineOptions]:
             exporter = type(self).from_config(config)
             options = PipelineOptions(
@@ -228,16 +237,39 @@ class BaseHandler(logging.Handler):
                 queue_bytes=config.queue_bytes,
                 overflow=config.overflow or ("help" if self.local else "spill"),
                 caller_runs=self.local,
-                spool_dir=f"{config.spool_dir or './logs/spool'}/{self.spool_name()}",
+                spool_dir=f"{spool_root}/{self.spool_name()}",
                 max_retries=config.max_retries,
                 retry_deadline=config.retry_deadline,
+                legacy_spool_dirs=(f"{spool_root}/{self.legacy_spool_name()}",),
             )
             return self.describe(), exporter, options
 
         return get_pipeline(self.pipeline_key(), make, strict=strict)
 
+    def destination(self) -> tuple[str, ...]:
+        """Where records go: the type, then what names the place (a path or URL, a
+        table or index). Records spooled for a destination are replayed to it whatever
+        other option changes. No secrets: it names a folder. Handlers override it; this
+        default is the whole config (any change of option is another destination)."""
+        import hashlib
+
+        return (self.type, hashlib.sha256(msgspec.json.encode(self.config)).hexdigest()[:12])
+
     def spool_name(self) -> str:
-        """The spool folder of this handler's config: its type and a digest."""
+        """The spool folder of this handler's destination: readable (the type and the
+        last part of each name), made unique by a digest of the whole destination."""
+        import hashlib
+
+        kind, *names = self.destination()
+        digest = hashlib.sha256(
+            "\0".join((kind, *names)).encode("utf-8", "surrogatepass")
+        ).hexdigest()[:12]
+        label = "-".join(filter(None, (_slug(name) for name in names)))[:60]
+        return f"{kind}-{label}-{digest}" if label else f"{kind}-{digest}"
+
+    def legacy_spool_name(self) -> str:
+        """The spool folder name of versions that keyed the spool by every option; its
+        files are moved to `spool_name`'s folder and replayed."""
         import hashlib
 
         digest = hashlib.sha256(self.pipeline_key()[1]).hexdigest()[:12]

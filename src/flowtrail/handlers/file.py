@@ -3,8 +3,16 @@
 ``<path>/run_id=<run id>/stdout.txt`` (text lines of non-error records), ``stderr.txt``
 (error records), ``metadata.txt`` (one JSON record a line) and ``spans.txt``. Each batch is
 one ``write`` per file on a descriptor opened with ``O_APPEND``, so writers in several
-threads and processes never interleave lines. A flush ``fsync``s what was written.
-Readers skip a torn last line (a writer killed mid-line).
+threads and processes never interleave lines. A flush ``fsync``s what was written (and the
+folders of files created since the last flush), so a flush that returns True survives a
+power loss. Readers skip a torn last line (a writer killed mid-line).
+
+A write that fails part way (disk full, ``RLIMIT_FSIZE``) leaves no torn, glued or
+duplicated lines: every file of the failed run's batch is truncated back to where the
+batch started, so the retry or replay writes each line once. The limit: if another
+process appended to one of those files after this batch's write, the file is not
+truncated (that would cut the other process's lines), and that file may get this batch's
+lines twice.
 """
 
 from __future__ import annotations
@@ -88,6 +96,9 @@ class FileHandler(BaseHandler, StoreReader):
     def describe(self) -> str:
         return f"'file' at {self.config.path}"
 
+    def destination(self) -> tuple[str, ...]:
+        return (self.type, os.path.abspath(self.config.path))
+
     # ------------------------------------------------------------------ paths
     @property
     def base(self) -> Path:
@@ -167,11 +178,24 @@ class FileHandler(BaseHandler, StoreReader):
             os.close(fd)
 
     @staticmethod
-    def _write_all(fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    def _write_all(writes: list[tuple[int, bytes]]) -> None:
+        """Append each payload to its descriptor (``O_APPEND``). If any write fails, every
+        file is truncated back to where this call's bytes started, then the error is
+        raised: the records are then in none of the files."""
+        done: list[list[int]] = []  # [fd, bytes written]
+        try:
+            for fd, data in writes:
+                entry = [fd, 0]
+                done.append(entry)
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    entry[1] += written
+                    view = view[written:]
+        except BaseException:  # a full disk, or a signal handler's exception mid-write
+            for fd, count in done:
+                _truncate_own(fd, count)
+            raise
 
     def export(self, batch: Sequence[Any]) -> None:
         config = self.config
@@ -206,7 +230,7 @@ class FileHandler(BaseHandler, StoreReader):
             except RefusedFile as exc:  # nothing of this run was written; never will be
                 refused.extend(groups[run_id])
                 refusal = exc
-            except OSError as exc:
+            except BaseException as exc:  # the run's records are in none of its files
                 if index == 0 and not refused:
                     raise  # nothing of the batch was written
                 rest = [r for later in pending[index:] for r in groups[later]]
@@ -217,6 +241,8 @@ class FileHandler(BaseHandler, StoreReader):
             raise PartialExport(refused, refusal)
 
     def _export_run(self, run_id: str, records: list[Any], line: Any) -> None:
+        # Everything is encoded before anything is written: a record that cannot be
+        # encoded fails the run's batch with nothing written.
         # map() and attrgetter keep the per-record work in C where they can.
         if set(map(type, records)) == {Metadata}:
             logs, spans = records, []
@@ -240,12 +266,19 @@ class FileHandler(BaseHandler, StoreReader):
             payloads.append(("spans.txt", encode_lines(spans)))
         # Every file is opened before any is written: a refused one (`RefusedFile`)
         # leaves the run untouched rather than half written.
-        writes = [(self._fd(run_id, name), data) for name, data in payloads]
-        for fd, data in writes:
-            self._write_all(fd, data)
+        fds = self._descriptors()
+        writes = []
+        for name, data in payloads:
+            if (run_id, name) not in fds:
+                # Opened (maybe created) now: its folder entry is synced at the next flush.
+                self.__dict__.setdefault("_new_files", set()).add(run_id)
+            writes.append((self._fd(run_id, name), data))
+        self._write_all(writes)
 
     def retryable(self, exc: BaseException) -> bool:
-        return not isinstance(exc, ValueError)
+        # Only the disk may get better (space, permissions, a path put right); a refused
+        # run id or a record that cannot be encoded fails the same way every time.
+        return isinstance(exc, OSError)
 
     def export_nowait(self, batch: Sequence[Any]) -> None:
         """`export`, for the caller's thread (a local file never waits for another
@@ -257,6 +290,15 @@ class FileHandler(BaseHandler, StoreReader):
             return
         for fd in list(self._descriptors().values()):
             os.fsync(fd)
+        new = self.__dict__.pop("_new_files", None)
+        if new:
+            # Files and run folders created since the last flush: their names must be on
+            # disk too, or a power loss can lose a whole fsynced file.
+            from flowtrail.spool import sync_directory
+
+            for run_id in new:
+                sync_directory(self.run_dir(run_id))
+            sync_directory(self.base.resolve())
 
     def close_exporter(self) -> None:
         fds = self._descriptors()
@@ -415,6 +457,19 @@ class FileHandler(BaseHandler, StoreReader):
             exporter = pipeline.exporter
             if isinstance(exporter, FileHandler) and str(exporter.base.resolve()) == base:
                 pipeline.flush(10.0)
+
+
+def _truncate_own(fd: int, count: int) -> None:
+    """Take back the last ``count`` bytes this descriptor appended, unless another writer
+    appended after them (then they stay: cutting would lose the other writer's lines)."""
+    if not count:
+        return
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)  # with O_APPEND: the end of our last write
+        if os.fstat(fd).st_size == end:
+            os.ftruncate(fd, end - count)
+    except OSError:
+        pass
 
 
 def _mtime(path: Path) -> float:

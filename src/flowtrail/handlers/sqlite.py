@@ -4,7 +4,15 @@ parameterised SQL only, a validated table name, and indexes for the readers' que
 Each batch is one ``BEGIN IMMEDIATE`` transaction with one ``executemany``. Several
 processes can write one database: a busy database is waited for (``busy_timeout``) and a
 batch that still meets a lock is retried by the pipeline, then spooled, so "database is
-locked" never reaches the workflow.
+locked" never reaches the workflow. Only failures of the database (busy, locked, I/O, full,
+cannot open, read-only, corrupt) are retried; an error of the statement or the data
+(a value SQLite cannot bind, a syntax or schema error) is not, so the pipeline isolates
+the records it is about.
+
+Durability: the database runs in WAL mode with ``synchronous = NORMAL`` (a commit is not
+synced: a killed process loses nothing, a power loss may lose the last commits). When a
+flush reaches the writer, `SQLiteHandler.sync` ``fsync``s the WAL file, so a flush that
+returns True survives a power loss too (see benchmarks/README.md for its cost).
 """
 
 from __future__ import annotations
@@ -67,6 +75,35 @@ _SPAN_COLUMN_TYPES = {
     "thread": "INTEGER",
     "sampled": "BOOLEAN",
 }
+#: SQLite result codes of a database that may work again (extended codes start with them).
+_TRANSIENT = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOMEM",
+    "SQLITE_INTERRUPT",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_NOLFS",
+    "SQLITE_AUTH",
+)
+#: The same, by message, for Pythons without ``sqlite_errorname`` (before 3.11).
+_TRANSIENT_TEXT = (
+    "locked",
+    "busy",
+    "disk i/o",
+    "unable to open",
+    "readonly",
+    "disk is full",
+    "out of memory",
+    "interrupted",
+    "malformed",
+    "not a database",
+)
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
@@ -140,6 +177,10 @@ class SQLiteHandler(BaseHandler, StoreReader):
 
     def describe(self) -> str:
         return f"'sqlite' at {self.config.path}"
+
+    def destination(self) -> tuple[str, ...]:
+        path = self.config.path
+        return (self.type, path if path == ":memory:" else os.path.abspath(path), self.table)
 
     @property
     def table(self) -> str:
@@ -262,14 +303,55 @@ class SQLiteHandler(BaseHandler, StoreReader):
         for index, (sql, params, _records) in enumerate(work):
             try:
                 conn.execute(sql, params)
-            except Exception as exc:
+            except BaseException as exc:  # a signal handler's exception too
+                if isinstance(exc, sqlite3.DatabaseError) and not self.retryable(exc):
+                    # A schema error (a table dropped by hand) may be this connection's
+                    # view: the next attempt connects again and makes the schema.
+                    self.close_exporter()
                 if index == 0:
                     raise
                 rest = [record for _, _, records in work[index:] for record in records]
                 raise PartialExport(rest, exc) from exc
 
     def retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.OperationalError)
+        """Whether the database may take the same batch later: busy, locked, I/O,
+        full, cannot open, read-only, corrupt (a person may repair it), or the disk
+        (``OSError``). A statement or data error never is."""
+        if isinstance(exc, OSError):
+            return True
+        if not isinstance(exc, sqlite3.DatabaseError):
+            return False  # binding: UnicodeEncodeError, OverflowError, TypeError ...
+        name = getattr(exc, "sqlite_errorname", None)
+        if name:
+            return name.startswith(_TRANSIENT)
+        text = str(exc).lower()
+        return any(part in text for part in _TRANSIENT_TEXT)
+
+    def sync(self) -> None:
+        """Make every committed batch durable against power loss: ``fsync`` the WAL
+        (with ``synchronous = NORMAL`` commits are not synced), and once per connection
+        the database's folder (the names of the database and its WAL)."""
+        conn = self.__dict__.get("_conn")
+        if conn is None or self.config.synchronous.upper() in ("FULL", "EXTRA"):
+            return
+        path = Path(self.config.path)
+        if str(path) == ":memory:":
+            return
+        # A checkpoint syncs the database file itself (synchronous = NORMAL does that).
+        try:
+            fd = os.open(f"{path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if not self.__dict__.get("_dir_synced"):
+            from flowtrail.spool import sync_directory
+
+            sync_directory(path.resolve().parent)
+            self.__dict__["_dir_synced"] = True
 
     def export_nowait(self, batch: Sequence[Any]) -> None:
         """`export` that fails at once, rather than wait, when another process holds
@@ -283,6 +365,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
 
     def close_exporter(self) -> None:
         conn = self.__dict__.pop("_conn", None)
+        self.__dict__.pop("_dir_synced", None)
         if conn is not None:
             conn.close()
 
