@@ -285,8 +285,11 @@ class Pipeline:
         if len(queue) >= self._limit:
             self._submit_slow(record)
             return
-        size = len(getattr(record, "message", ""))
-        if size > _BIG_MESSAGE and not self._count_bytes(size):
+        try:
+            big = len(record.message) > _BIG_MESSAGE
+        except AttributeError:  # a span: no message
+            big = False
+        if big and not self._count_bytes(len(record.message)):
             self._submit_slow(record)
             return
         queue.append(record)
