@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from flowtrail.config import ConfigError, Settings, resolve_settings
+from flowtrail.config import ConfigError, Settings, mask_text, resolve_settings
 from flowtrail.context import (
     Pid,
     RunContext,
@@ -165,7 +165,7 @@ def _incoming_context(
         if len(items) < len(members):
             warnings.warn(
                 f"flowtrail: ignoring {len(members) - len(items)} malformed member(s) of the "
-                f"baggage {baggage!r}",
+                f"baggage {mask_text(baggage or '')!r}",
                 RuntimeWarning,
                 stacklevel=4,
             )
