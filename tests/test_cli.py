@@ -308,7 +308,8 @@ def test_unknown_run_id(demo) -> None:
     for command in (("show", "no-such-run"), ("report", "no-such-run")):
         result = cli(*command, cwd=folder, ok=False)
         assert result.returncode == 1
-        assert "no records of run 'no-such-run' in this store" in result.stderr
+        assert "no run 'no-such-run' in store 'sqlite' at " in result.stderr
+        assert "flowtrail.db" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (folder / "no-such-run.html").exists()
 
