@@ -46,7 +46,9 @@ class _store_method(Generic[_T]):
 
 def _url_text(url: str | os.PathLike[str] | ParseResult) -> str:
     if isinstance(url, ParseResult):
-        return url.geturl()
+        # Not geturl(): it drops the "//" of schemes urllib does not know (sqlite).
+        query = f"?{url.query}" if url.query else ""
+        return f"{url.scheme}://{url.netloc}{url.path}{query}"
     return os.fspath(url)
 
 
