@@ -10,8 +10,9 @@ its first error record; a run without spans shows its records as a list. Duratio
 A large run stays usable: the page embeds at most `MAX_SPANS` spans (failures and the
 spans above them first, then the shallowest), `PER_SPAN` records per span (plus up to
 `ERRORS_PER_SPAN` error records), `MAX_RECORDS` records and `TEXT_BUDGET` characters of
-messages and stacks in all, and draws records a page at a time behind a "more" button. A
-note names what was left out and the command that prints it.
+messages and stacks in all (and as many again for the records of failed spans, so the
+failures' own records are always there), and draws records a page at a time behind a
+"more" button. A note names what was left out and the command that prints it.
 """
 
 from __future__ import annotations
@@ -98,16 +99,18 @@ def _cut(text: str | None, keep_end: bool = False) -> str | None:
 
 
 def _chosen_records(
-    records: Iterable[Metadata], drawn: set[str]
+    records: Iterable[Metadata], drawn: set[str], failed: set[str]
 ) -> tuple[list[Metadata], dict[str, int], int]:
     """The records to embed, the count of every drawn span's records (key "" for those
     outside drawn spans), and the count of all records. One pass; memory bounded by
-    what is embedded."""
+    what is embedded. Records of the ``failed`` spans have limits of their own: they are
+    embedded however many records came before them."""
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
     chosen: list[Metadata] = []
     budget = TEXT_BUDGET
     total = 0
+    ordinary = of_failures = 0
     # Records outside the drawn spans are a list of their own: longer, and the whole
     # page when the run has no spans.
     loose_cap = 10 * PER_SPAN if drawn else MAX_RECORDS
@@ -115,7 +118,10 @@ def _chosen_records(
         total += 1
         key = record.span_id if record.span_id in drawn else ""
         seen = counts[key] = counts.get(key, 0) + 1
-        if len(chosen) >= MAX_RECORDS or budget <= 0:
+        in_failure = key in failed
+        if in_failure and of_failures >= MAX_RECORDS:
+            continue
+        if not in_failure and (ordinary >= MAX_RECORDS or budget <= 0):
             continue
         cap = PER_SPAN if key else loose_cap
         if record.level in ERROR_LEVELS:
@@ -127,7 +133,11 @@ def _chosen_records(
         message, stack = _cut(record.message), _cut(record.stack_trace, keep_end=True)
         if message is not record.message or stack is not record.stack_trace:
             record = msgspec.structs.replace(record, message=message, stack_trace=stack)
-        budget -= len(record.message) + len(record.stack_trace or "")
+        if in_failure:
+            of_failures += 1
+        else:
+            ordinary += 1
+            budget -= len(record.message) + len(record.stack_trace or "")
         chosen.append(record)
     return chosen, counts, total
 
@@ -142,7 +152,8 @@ def report_document(data: TraceData, *, run_id: str | None = None) -> dict[str, 
     page, and a ``view`` of what to open on and what was left out."""
     spans = _chosen_spans(data.spans, MAX_SPANS)
     drawn = {s.span_id for s in spans}
-    records, counts, total = _chosen_records(data.meta, drawn)
+    failed = {s.span_id for s in spans if s.status == "error"}
+    records, counts, total = _chosen_records(data.meta, drawn, failed)
     document = run_document(data, run_id=run_id, spans=spans, logs=records)
     document["logs"] = [_compact(log) for log in document["logs"]]
     metrics = document["metrics"]
