@@ -187,6 +187,7 @@ def test_report_opens_on_the_first_failure_with_its_stack(failing_store: Path) -
 STATUS_PROBE = """
 const badge = document.getElementById('run-status');
 document.body.setAttribute('data-status-color', getComputedStyle(badge).backgroundColor);
+document.body.setAttribute('data-status-text', getComputedStyle(badge).color);
 """
 
 
@@ -199,10 +200,11 @@ def test_status_is_coloured_by_its_value(failing_store: Path) -> None:
         assert console == []
         dom = dom_of(dom_text)
         colours[dom.text("run-status")] = dom.body.get("data-status-color")
+        assert dom.body.get("data-status-text") == "rgb(255, 255, 255)"  # readable on it
     assert colours == {"error": "rgb(207, 34, 46)", "ok": "rgb(26, 127, 55)"}
     css = (ROOT / "src" / "flowtrail" / "formats" / "timeline.css").read_text()
     for status in ("interrupted", "running"):  # the other run statuses have colours too
-        assert f".status.status-{status}{{background:" in css
+        assert f"span.status.status-{status}{{background:" in css
 
 
 SPANLESS_RUN = """

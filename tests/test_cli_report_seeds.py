@@ -255,3 +255,14 @@ def test_a_parent_id_used_only_by_child_runs_is_found(tmp_path: Path) -> None:
         trace.flush()
     found = store.find_trace_with_id("only-parent")
     assert sorted(r.message for r in found.meta) == ["stage one", "stage two"]
+
+
+def test_front_arguments_are_keywords_as_in_the_seeds() -> None:
+    from flowtrail import ConsoleTrace, FileTrace
+
+    with pytest.raises(TypeError):
+        ConsoleTrace("workflow-123")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        FileTrace("file://./logs", "workflow-123")  # type: ignore[misc]
+    trace = ConsoleTrace(run_id="workflow-123", parent_run_id="parent-456", extras={})
+    assert (trace.run_id, trace.parent_run_id) == ("workflow-123", "parent-456")

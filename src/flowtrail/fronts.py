@@ -1,6 +1,6 @@
 """The seeds' front classes (migration guides of seeds 002/003): ``FileTrace``,
 ``SQLiteTrace`` and ``ConsoleTrace`` taking a store URL, each a `Trace` with the matching
-handler (and the console)::
+handler (and the console). Their arguments are keywords, as in the seeds::
 
     trace = FileTrace(url="file://./logs", run_id="workflow-123", extras={})
     trace = SQLiteTrace(url="sqlite://./logs/traces.db", run_id="workflow-123")
@@ -60,6 +60,7 @@ class _StoreTrace(Trace):
 
     def __init__(
         self,
+        *,
         url: str | os.PathLike[str] | ParseResult | None = None,
         run_id: str | None = None,
         parent_run_id: str | None = None,
@@ -192,6 +193,7 @@ class ConsoleTrace(Trace):
 
     def __init__(
         self,
+        *,
         url: str | ParseResult | None = None,
         run_id: str | None = None,
         parent_run_id: str | None = None,
