@@ -278,11 +278,16 @@ class FileHandler(BaseHandler, StoreReader):
             if (run_id, name) not in fds:
                 # Opened (maybe created) now: its folder entry is synced at the next flush.
                 self.__dict__.setdefault("_new_files", set()).add(run_id)
-            writes.append((self._fd(run_id, name), data))
-        self._write_all(writes)
+            fd = self._fd(run_id, name)
+            if data:  # an empty payload only creates its file
+                writes.append((fd, data))
+        # The files exist once opened: noted before the write, so that nothing runs
+        # between a write that succeeded and the return (a signal handler's exception
+        # there would make the batch look unwritten and be written twice).
         if len(seen) > 100_000:
             seen.clear()
         seen.add(run_id)
+        self._write_all(writes)
 
     def retryable(self, exc: BaseException) -> bool:
         # Only the disk may get better (space, permissions, a path put right); a refused
