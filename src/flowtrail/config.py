@@ -75,6 +75,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     #: of a trace agrees); the others keep warnings, errors and the spans on the path to
     #: an error. 1.0 (the default) records everything.
     sample_ratio: float = 1.0
+    #: On ``SIGTERM`` with the default disposition: end open spans as interrupted, record
+    #: that the run stopped, flush, then die of the signal (see `flowtrail.lifecycle`).
+    handle_signals: bool = True
 
 
 SETTING_KEYS: Final[tuple[str, ...]] = Settings.__struct_fields__
@@ -91,6 +94,7 @@ _ACCEPTED: Final[dict[str, str]] = {
     "strict": "true or false",
     "exit_timeout": "a number of seconds >= 0",
     "sample_ratio": "a number from 0.0 to 1.0",
+    "handle_signals": "true or false",
 }
 
 

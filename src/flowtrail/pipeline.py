@@ -495,6 +495,10 @@ class Pipeline:
             return
 
     # ------------------------------------------------------------------ process events
+    def _fork_locks(self) -> list[threading.Lock]:
+        """This pipeline's locks in the order its threads take them (see `fork_locks`)."""
+        return [self._drain_lock, self._export_lock, self.spool._lock]
+
     def _after_fork_in_child(self) -> None:
         self._init_runtime()
         self.spool.forget_after_fork()
@@ -584,6 +588,17 @@ def _at_exit() -> None:
             pipeline._shutdown(deadline)
         except Exception:
             pass
+
+
+def fork_locks() -> list[threading.Lock]:
+    """Every lock a fork must not copy while another thread holds it, in an order that
+    cannot deadlock with the threads taking them: `flowtrail.lifecycle` holds them across
+    ``os.fork()`` so that no thread is inside an exporter (an SQLite call, a half-written
+    spool file) when the child is made."""
+    locks = [_registry_lock]
+    for pipeline in all_pipelines():
+        locks += pipeline._fork_locks()
+    return [*locks, _report_lock]
 
 
 def _after_fork_in_child() -> None:

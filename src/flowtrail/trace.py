@@ -19,9 +19,10 @@ import threading
 import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import msgspec
@@ -50,9 +51,10 @@ from flowtrail.handlers import (
     check_run_id,
     make_handler,
 )
+from flowtrail.lifecycle import INTERRUPTED, install_signal_handlers, on_terminate
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
-from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
+from flowtrail.spans import LiveSpan, SpanScope, end_open_spans, open_spans, path_to_errors
 
 _getframe = sys._getframe
 _time_ns = time.time_ns
@@ -66,6 +68,9 @@ _global_handlers: list[tuple[BaseHandler, ...]] = [()]
 _active: contextvars.ContextVar[Trace | None] = contextvars.ContextVar(
     "flowtrail_active_trace", default=None
 )
+#: Traces whose ``with`` block was entered (a signal that stops the process releases the
+#: records they hold).
+_in_block: weakref.WeakSet[Trace] = weakref.WeakSet()
 #: Buffered records handed to the pipelines early once this many are held.
 _BUFFER_LIMIT = 10_000
 
@@ -324,6 +329,8 @@ class Trace:
         }
         self._clock = clock_for(self.settings.log_tz)
         set_exit_timeout(self.settings.exit_timeout)
+        if self.settings.handle_signals:
+            install_signal_handlers()
         self._min_level = LEVELS[self.settings.log_level]
         if not self.sampled:  # an unsampled trace keeps warnings and errors only
             self._min_level = max(self._min_level, LEVELS["warning"])
@@ -546,8 +553,10 @@ class Trace:
             for handler in self._sync:
                 handler.span_started(live)
 
-    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
+    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span | None:
         span = live._finish(exc)
+        if span is None:  # ended by a signal, or opened in the parent before a fork
+            return None
         if span.sampled:
             if self._direct and not _global_handlers[0]:
                 for pipeline in self._pipes:
@@ -623,6 +632,7 @@ class Trace:
             fields=tuple(self._fields.items()),
         )
         self._tokens.append((_active.set(self), current_run.set(context)))
+        _in_block.add(self)
         return self
 
     def __exit__(
@@ -671,6 +681,41 @@ def get_trace(
     ``tags`` and ``metadata`` in ``extras`` go on every record.
     """
     return Trace(run_id, parent_run_id, handlers=handlers, extras=extras, **settings)
+
+
+def _stop_runs(signal_name: str, frame: FrameType | None) -> None:
+    """What a signal that stops the process does to the runs in progress (registered with
+    `flowtrail.lifecycle`): each trace with open spans or inside its ``with`` block hands
+    the records it holds to its handlers and records, at level error inside its innermost
+    open span, that the run was stopped; then every open span ends as interrupted."""
+    traces: dict[Trace, LiveSpan | None] = {}
+    for live in open_spans():  # newest first: a trace's first is its innermost
+        traces.setdefault(live.trace, live)
+    for trace in list(_in_block):
+        if trace._tokens:
+            traces.setdefault(trace, None)
+    for trace, innermost in traces.items():
+        trace._release_buffer()
+        trace._buffer = None
+        now = trace._clock.now()
+        record = _replace(
+            trace._templates["error"],
+            message=f"[WORKFLOW]: stopped by {signal_name}",
+            datetime=now,
+            created_at=now,
+            process=Pid.value,
+            thread=_get_ident(),
+            filename=_basename(frame.f_code.co_filename) if frame is not None else "",
+            lineno=frame.f_lineno if frame is not None else 0,
+            metadata={**trace._template.metadata, INTERRUPTED: signal_name},
+        )
+        if innermost is not None:
+            record = _in_span(record, innermost)
+        trace._submit(record)
+    end_open_spans(signal_name)
+
+
+on_terminate(_stop_runs)
 
 
 def shutdown(timeout: float | None = 30.0) -> bool:
