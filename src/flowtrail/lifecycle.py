@@ -67,8 +67,10 @@ _MP_EXIT_PRIORITY: Final = 100
 
 _terminate_callbacks: list[Callable[[str, FrameType | None], None]] = []
 _previous: dict[int, Any] = {}
-_state = {"installed": False, "stopping": False, "mp_watched": False}
+_state = {"installed": False, "stopping": False, "exiting": False, "mp_watched": False}
 _held: list[threading.Lock] = []
+#: Signals that arrived while the exit path was flushing: the process dies of them after.
+_deferred: list[int] = []
 
 
 def interrupted_by(item: Any) -> str | None:
@@ -107,30 +109,62 @@ def install_signal_handlers() -> None:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     previous = _previous.get(signum, signal.SIG_DFL)
-    if not callable(previous):
-        if _state["stopping"]:  # a second signal while flushing: die now
-            _die(signum)
-        _state["stopping"] = True
-        name = signal.Signals(signum).name
+    chained = callable(previous)
+    if _state["exiting"] and not chained:
+        # The exit path is flushing already (this signal interrupted it): let it finish,
+        # then die of the signal.
+        _deferred.append(signum)
+        return
+    if _state["stopping"]:  # a second signal while the first is handled
+        if chained:
+            previous(signum, frame)
+            return
+        _die(signum)
+    _state["stopping"] = True
+    if chained:
+        # The program's own handler decides what happens; first save what is queued.
+        try:
+            _off_thread(lambda: pipeline.flush_all(pipeline._exit_timeout[0]))
+        finally:
+            _state["stopping"] = False
+        previous(signum, frame)
+        return
+    name = signal.Signals(signum).name
+
+    def stop() -> None:
         for callback in list(_terminate_callbacks):
             try:
                 callback(name, frame)
             except Exception:
                 pass
+        pipeline._at_exit()  # within exit_timeout; the rest is spooled
+
+    try:
+        _off_thread(stop)
+    finally:
+        _die(signum)
+
+
+def _off_thread(work: Callable[[], Any]) -> None:
+    """Run ``work`` on a new thread and wait for it, at most ``exit_timeout`` and a
+    second: the signal may have interrupted this thread inside a lock the work needs (in
+    a pipeline, an `threading.Event`), which would deadlock it here."""
+    done = threading.Event()
+
+    def run() -> None:
         try:
-            pipeline._at_exit()  # within exit_timeout; the rest is spooled
-        finally:
-            _die(signum)
-    # The program's own handler decides what happens; first save what is queued.
-    if not _state["stopping"]:
-        _state["stopping"] = True
-        try:
-            pipeline.flush_all(pipeline._exit_timeout[0])
+            work()
         except Exception:
             pass
         finally:
-            _state["stopping"] = False
-    previous(signum, frame)
+            done.set()
+
+    try:
+        threading.Thread(target=run, name="flowtrail:signal", daemon=True).start()
+    except RuntimeError:  # no new threads at interpreter exit
+        run()
+        return
+    done.wait(pipeline._exit_timeout[0] + 1.0)
 
 
 def _die(signum: int) -> None:
@@ -159,7 +193,8 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     # The child's copies of the held locks are dropped: the pipelines made new ones.
     _held.clear()
-    _state["stopping"] = False
+    _deferred.clear()
+    _state["stopping"] = _state["exiting"] = False
 
 
 # ---------------------------------------------------------------------- multiprocessing
@@ -190,7 +225,13 @@ def _in_multiprocessing_child(_anchor: Any) -> None:
 
 
 def _flush_at_exit() -> None:
-    pipeline._at_exit()
+    _state["exiting"] = True
+    try:
+        pipeline._at_exit()
+    finally:
+        _state["exiting"] = False
+        if _deferred:
+            _die(_deferred[0])
 
 
 os.register_at_fork(
