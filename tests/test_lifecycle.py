@@ -176,6 +176,49 @@ with trace.span("workflow", name="wf"):
     assert sorted((s.name, s.status) for s in spans) == [("in-child", "ok"), ("wf", "ok")]
 
 
+def test_with_block_open_at_fork(tmp_path: Path):
+    """A ``with get_trace()`` block open when children are forked: the records it held
+    are the parent's (a child does not write them again), the records children log
+    through it are stored however they end (``sys.exit``, multiprocessing's
+    ``os._exit``, a Pool's terminate), and no child marks the parent's run stopped."""
+    result = run_python(
+        r"""
+import multiprocessing, os, sys
+from flowtrail import SQLiteHandler, get_trace
+with get_trace("block", handlers=[SQLiteHandler(path="logs/flowtrail.db")]) as trace:
+    def log(message):
+        trace.info(message)
+    trace.info("parent before fork")
+    pid = os.fork()
+    if pid == 0:
+        log("os.fork child")
+        sys.exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=log, args=("process child",))
+    child.start()
+    child.join()
+    with context.Pool(2) as pool:
+        pool.map(log, ["pool child 1", "pool child 2"])
+    trace.info("parent after children")
+""",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    messages = _sqlite_messages(tmp_path / "logs/flowtrail.db")
+    # The os.fork child's sys.exit leaves the block by an exception, which the block
+    # records (the with-block's own rule, not this module's).
+    messages.remove("SystemExit: 0")
+    assert sorted(messages) == [
+        "os.fork child",
+        "parent after children",
+        "parent before fork",
+        "pool child 1",
+        "pool child 2",
+        "process child",
+    ]
+
+
 # ---------------------------------------------------------------------- point 2
 def test_fork_while_a_thread_writes_sqlite_never_hangs_the_child(tmp_path: Path):
     """A thread writes SQLite batches without pause while the main thread forks 10

@@ -66,6 +66,8 @@ FORK_LOCK_TIMEOUT: Final = 5.0
 _MP_EXIT_PRIORITY: Final = 100
 
 _terminate_callbacks: list[Callable[[str, FrameType | None], None]] = []
+_fork_child_callbacks: list[Callable[[], None]] = []
+_exit_callbacks: list[Callable[[], None]] = []
 _previous: dict[int, Any] = {}
 _state = {"installed": False, "stopping": False, "exiting": False, "mp_watched": False}
 _held: list[threading.Lock] = []
@@ -89,6 +91,27 @@ def on_terminate(callback: Callable[[str, FrameType | None], None]) -> None:
     before the pipelines are flushed (the front ends its open spans there)."""
     if callback not in _terminate_callbacks:
         _terminate_callbacks.append(callback)
+
+
+def on_fork_child(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` in a forked child, after the pipelines were made new."""
+    if callback not in _fork_child_callbacks:
+        _fork_child_callbacks.append(callback)
+
+
+def on_child_exit(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` when a multiprocessing child ends, before its flush (its
+    ``with`` blocks never end: the child ends with ``os._exit``)."""
+    if callback not in _exit_callbacks:
+        _exit_callbacks.append(callback)
+
+
+def _run(callbacks: list[Callable[..., None]], *args: Any) -> None:
+    for callback in list(callbacks):
+        try:
+            callback(*args)
+        except Exception:
+            pass
 
 
 # ---------------------------------------------------------------------- SIGTERM
@@ -132,11 +155,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
 
     def stop() -> None:
-        for callback in list(_terminate_callbacks):
-            try:
-                callback(name, frame)
-            except Exception:
-                pass
+        _run(_terminate_callbacks, name, frame)
         pipeline._at_exit()  # within exit_timeout; the rest is spooled
 
     try:
@@ -195,6 +214,7 @@ def _after_fork_in_child() -> None:
     _held.clear()
     _deferred.clear()
     _state["stopping"] = _state["exiting"] = False
+    _run(_fork_child_callbacks)
 
 
 # ---------------------------------------------------------------------- multiprocessing
@@ -227,6 +247,7 @@ def _in_multiprocessing_child(_anchor: Any) -> None:
 def _flush_at_exit() -> None:
     _state["exiting"] = True
     try:
+        _run(_exit_callbacks)
         pipeline._at_exit()
     finally:
         _state["exiting"] = False

@@ -51,7 +51,13 @@ from flowtrail.handlers import (
     check_run_id,
     make_handler,
 )
-from flowtrail.lifecycle import INTERRUPTED, install_signal_handlers, on_terminate
+from flowtrail.lifecycle import (
+    INTERRUPTED,
+    install_signal_handlers,
+    on_child_exit,
+    on_fork_child,
+    on_terminate,
+)
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent
 from flowtrail.spans import LiveSpan, SpanScope, end_open_spans, open_spans, path_to_errors
@@ -68,9 +74,10 @@ _global_handlers: list[tuple[BaseHandler, ...]] = [()]
 _active: contextvars.ContextVar[Trace | None] = contextvars.ContextVar(
     "flowtrail_active_trace", default=None
 )
-#: Traces whose ``with`` block was entered (a signal that stops the process releases the
-#: records they hold).
-_in_block: weakref.WeakSet[Trace] = weakref.WeakSet()
+#: Traces whose ``with`` block was entered, and the process that entered it: the end of
+#: a process that never leaves the block (a signal, a multiprocessing child) releases the
+#: records the block holds.
+_in_block: weakref.WeakKeyDictionary[Trace, int] = weakref.WeakKeyDictionary()
 #: Buffered records handed to the pipelines early once this many are held.
 _BUFFER_LIMIT = 10_000
 
@@ -632,7 +639,7 @@ class Trace:
             fields=tuple(self._fields.items()),
         )
         self._tokens.append((_active.set(self), current_run.set(context)))
-        _in_block.add(self)
+        _in_block[self] = Pid.value
         return self
 
     def __exit__(
@@ -691,8 +698,10 @@ def _stop_runs(signal_name: str, frame: FrameType | None) -> None:
     traces: dict[Trace, LiveSpan | None] = {}
     for live in open_spans():  # newest first: a trace's first is its innermost
         traces.setdefault(live.trace, live)
-    for trace in list(_in_block):
-        if trace._tokens:
+    _release_held_records()
+    for trace, entered_by in list(_in_block.items()):
+        # A block entered by the parent before a fork is the parent's run, not this one.
+        if trace._tokens and entered_by == Pid.value:
             traces.setdefault(trace, None)
     for trace, innermost in traces.items():
         trace._release_buffer()
@@ -715,7 +724,24 @@ def _stop_runs(signal_name: str, frame: FrameType | None) -> None:
     end_open_spans(signal_name)
 
 
+def _release_held_records() -> None:
+    """Hand the records held by open ``with`` blocks to the handlers (a process that ends
+    without leaving its blocks)."""
+    for trace in list(_in_block):
+        trace._release_buffer()
+
+
+def _forget_parent_records() -> None:
+    """In a forked child: the records a ``with`` block held at the fork are the parent's
+    to write; the child's go on from an empty buffer."""
+    for trace in list(_in_block):
+        if trace._buffer:
+            trace._buffer = []
+
+
 on_terminate(_stop_runs)
+on_child_exit(_release_held_records)
+on_fork_child(_forget_parent_records)
 
 
 def shutdown(timeout: float | None = 30.0) -> bool:
