@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import threading
 import time
 import traceback
@@ -28,7 +27,7 @@ from flowtrail.context import (
     host_info,
     new_span_id,
 )
-from flowtrail.lifecycle import INTERRUPTED
+from flowtrail.lifecycle import INTERRUPTED, on_fork_child
 from flowtrail.records import Span, SpanEvent
 
 if TYPE_CHECKING:
@@ -295,7 +294,7 @@ def _forget_open_spans() -> None:
     _OPEN.clear()
 
 
-os.register_at_fork(after_in_child=_forget_open_spans)
+on_fork_child(_forget_open_spans)
 
 _HOSTNAME: list[str | None] = [None]
 
