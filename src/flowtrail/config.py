@@ -157,6 +157,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     #: of a trace agrees); the others keep warnings, errors and the spans on the path to
     #: an error. 1.0 (the default) records everything.
     sample_ratio: float = 1.0
+    #: On ``SIGTERM`` with the default disposition: end open spans as interrupted, record
+    #: that the run stopped, flush, then die of the signal (see `flowtrail.lifecycle`).
+    handle_signals: bool = True
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -179,6 +182,7 @@ _ACCEPTED: Final[dict[str, str]] = {
     "strict": "true or false",
     "exit_timeout": "a finite number of seconds >= 0",
     "sample_ratio": "a number from 0.0 to 1.0",
+    "handle_signals": "true or false",
 }
 
 

@@ -135,6 +135,32 @@ class _Marker:
         self.event = threading.Event()
 
 
+#: Signals flowtrail's threads never take: a process-directed signal (SIGTERM from a
+#: scheduler, a stage's SIGALRM) must reach a thread of the program, or a main thread
+#: blocked in a system call would never see its Python handler run.
+_BLOCKED_IN_THREADS = frozenset(signal.valid_signals()) - {
+    signal.SIGKILL,
+    signal.SIGSTOP,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGABRT,
+}
+
+
+def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
+    """Start a daemon thread of flowtrail's, with every asynchronous signal blocked in it
+    (it inherits the mask from this thread, which blocks them only while it starts it)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_IN_THREADS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
+
+
 class _Waker:
     """Wakes the worker. ``set`` is one release of a plain lock, so it is safe from a
     signal handler that interrupted the same thread inside ``set`` (`threading.Event`
@@ -264,7 +290,7 @@ class Pipeline:
         # while this thread writes sees the lock is its own and leaves the store alone.
         self._export_lock = threading.RLock()
         self._drain_lock = threading.RLock()
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
         self._next_replay = 0.0
@@ -472,18 +498,21 @@ class Pipeline:
 
     def _start(self) -> None:
         # Not waiting for the lock: the thread holding it (maybe this one, interrupted
-        # by a signal handler that logs) is starting the worker.
-        if not self._start_lock.acquire(blocking=False):
+        # by a signal handler that logs) is starting the worker. Released by owner, as in
+        # `_write_on_caller`.
+        lock = self._start_lock
+        if lock._is_owned():  # type: ignore[attr-defined]
             return
         try:
+            if not lock.acquire(blocking=False):
+                return
             if self._worker is not None and self._worker.is_alive():
                 return
             self._stop.clear()
-            worker = threading.Thread(target=self._run, name=f"flowtrail:{self.name}", daemon=True)
-            self._worker = worker
-            worker.start()
+            self._worker = start_thread(self._run, f"flowtrail:{self.name}")
         finally:
-            self._start_lock.release()
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record handed in before this call is written or spooled.
@@ -866,6 +895,10 @@ class Pipeline:
         return True
 
     # ------------------------------------------------------------------ process events
+    def _fork_locks(self) -> list[threading.Lock]:
+        """This pipeline's locks in the order its threads take them (see `fork_locks`)."""
+        return [self._drain_lock, self._export_lock, self.spool._lock]
+
     def _after_fork_in_child(self) -> None:
         self._init_runtime()
         self.spool.forget_after_fork()
@@ -952,6 +985,17 @@ def _at_exit() -> None:
             pipeline._shutdown(deadline)
         except Exception:
             pass
+
+
+def fork_locks() -> list[threading.Lock]:
+    """Every lock a fork must not copy while another thread holds it, in an order that
+    cannot deadlock with the threads taking them: `flowtrail.lifecycle` holds them across
+    ``os.fork()`` so that no thread is inside an exporter (an SQLite call, a half-written
+    spool file) when the child is made."""
+    locks = [_registry_lock]
+    for pipeline in all_pipelines():
+        locks += pipeline._fork_locks()
+    return [*locks, _report_lock]
 
 
 def _after_fork_in_child() -> None:

@@ -28,6 +28,7 @@ from flowtrail.context import (
     host_info,
     new_span_id,
 )
+from flowtrail.lifecycle import INTERRUPTED, on_fork_child
 from flowtrail.records import Span, SpanEvent
 
 
@@ -61,6 +62,11 @@ class SpanOwner(Protocol):
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Spans open in this process, oldest first: a signal that stops the process ends them
+#: (`end_open_spans`). A dict, for an insert and a removal that cost next to nothing.
+_OPEN: dict[LiveSpan, None] = {}
+_GONE: Any = object()
 
 #: Span kinds that name the job or stage of the records inside them.
 JOB_KINDS = frozenset({"job"})
@@ -241,16 +247,21 @@ class LiveSpan:
         self.fields = context.fields if context is not None else ()
         self._overrides = None
         self._token = current_run.set(self)  # type: ignore[arg-type]
+        _OPEN[self] = None
         if self.trace._sync:
             self.trace._span_started(self)
 
-    def _finish(self, exc: BaseException | None) -> Span:
+    def _finish(self, exc: BaseException | None) -> Span | None:
+        """The finished span, or None if it is not open in this process: a signal ended
+        it already, or it was opened before a fork (the parent ends it)."""
         token, self._token = self._token, None
         if token is not None:
             try:
                 current_run.reset(token)
             except ValueError:  # ended in another context (e.g. another task)
                 pass
+        if _OPEN.pop(self, _GONE) is _GONE:
+            return None
         wall_ns = time.perf_counter_ns() - self._perf
         cpu_ns = time.process_time_ns() - self._cpu
         if exc is not None:
@@ -289,6 +300,29 @@ class LiveSpan:
             self.sampled,
         )
 
+
+def open_spans() -> list[LiveSpan]:
+    """The spans open in this process (every thread), newest first."""
+    return list(reversed(list(_OPEN)))
+
+
+def end_open_spans(signal_name: str) -> None:
+    """End every open span, newest (innermost) first, as ``error`` with the
+    ``interrupted`` attribute and event naming the signal that stopped the process."""
+    for live in open_spans():
+        live.set_attribute(INTERRUPTED, signal_name)
+        live.add_event(INTERRUPTED, signal=signal_name)
+        live.status = "error"
+        live.status_message = f"interrupted by {signal_name}"
+        live.trace._end_span(live, None)
+
+
+def _forget_open_spans() -> None:
+    # A forked child's copies of the parent's open spans are the parent's to end.
+    _OPEN.clear()
+
+
+on_fork_child(_forget_open_spans)
 
 _HOSTNAME: list[str | None] = [None]
 
