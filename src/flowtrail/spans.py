@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from flowtrail.context import (
     Clock,
@@ -99,6 +99,14 @@ class LiveSpan:
         "_owns_attributes",
     )
 
+    # Declared here because `__init__` sets some of them from another span's.
+    trace_id: str
+    sampled: bool
+    baggage: tuple[tuple[str, str], ...]
+    names: dict[str, str]
+    fields: tuple[tuple[str, Any], ...]
+    _overrides: dict[str, Any] | None
+
     def __init__(
         self,
         trace: SpanOwner,
@@ -116,7 +124,7 @@ class LiveSpan:
         self.attributes = attributes
         self._owns_attributes = False
         self.events: list[SpanEvent] = []
-        self.status = "ok"
+        self.status: Literal["ok", "error"] = "ok"
         self.status_message: str | None = None
         self.span_id = new_span_id()
         if parent is not None:
@@ -125,7 +133,7 @@ class LiveSpan:
             self.sampled = parent.sampled
             self.root: LiveSpan = parent.root
             self.baggage = parent.baggage
-            names = dict(parent.names)
+            names: dict[str, str] = dict(parent.names)
         else:
             self.trace_id = trace.trace_id
             self.parent_span_id = remote.span_id if remote is not None else None
@@ -198,9 +206,12 @@ class LiveSpan:
 
     def set_status(self, status: str, message: str | None = None) -> None:
         """Mark the span ``ok`` or ``error`` (an exception leaving it sets ``error``)."""
-        if status not in ("ok", "error"):
+        if status == "ok":
+            self.status = "ok"
+        elif status == "error":
+            self.status = "error"
+        else:
             raise ValueError(f"span status must be 'ok' or 'error', got {status!r}")
-        self.status = status
         self.status_message = message
 
     def traceparent(self) -> str:
@@ -240,7 +251,7 @@ class LiveSpan:
         # attribute of `RunContext`, so opening a span makes no second object.
         self.fields = context.fields if context is not None else ()
         self._overrides = None
-        self._token = current_run.set(self)  # type: ignore[arg-type]
+        self._token = current_run.set(self)
         if self.trace._sync:
             self.trace._span_started(self)
 
@@ -272,7 +283,7 @@ class LiveSpan:
             self.start_ns,
             self.start_ns + wall_ns,
             wall_ns / 1e6,
-            self.status,  # type: ignore[arg-type]
+            self.status,
             self.status_message,
             self.attributes,
             self.events,
@@ -294,8 +305,8 @@ _HOSTNAME: list[str | None] = [None]
 
 
 def _hostname() -> str:
-    _HOSTNAME[0] = host_info().hostname
-    return _HOSTNAME[0]
+    hostname = _HOSTNAME[0] = host_info().hostname
+    return hostname
 
 
 def path_to_errors(spans: list[Span]) -> list[Span]:
@@ -398,7 +409,7 @@ class SpanScope:
                 trace._end_span(live, None)
                 return result
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -411,4 +422,4 @@ class SpanScope:
             trace._end_span(live, None)
             return result
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)

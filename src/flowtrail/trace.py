@@ -28,6 +28,7 @@ import msgspec
 
 from flowtrail.config import ConfigError, Settings, resolve_settings
 from flowtrail.context import (
+    ActiveContext,
     Pid,
     RunContext,
     TraceParent,
@@ -234,7 +235,7 @@ def _level_method(level: str) -> Any:
     return method
 
 
-def _in_span(record: Metadata, context: RunContext) -> Metadata:
+def _in_span(record: Metadata, context: ActiveContext) -> Metadata:
     """The record with the open span's ids and names, attached to the span as an event."""
     record = _replace(record, **context.overrides)
     context.live.events.append(
