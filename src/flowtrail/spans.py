@@ -92,6 +92,7 @@ class LiveSpan:
         "start_ns",
         "start_time",
         "_perf",
+        "_epoch_ns",
         "_cpu",
         "memory_start_mb",
         "_token",
@@ -151,10 +152,15 @@ class LiveSpan:
         self.names = names
         #: Finished spans of an unsampled trace, kept by its local root until it ends.
         self.pending: list[Span] | None = None if self.sampled else []
-        self.start_ns = time.time_ns()
-        # Read next to start_ns: end_ns is start_ns plus the wall time from here, so any
-        # gap between the two readings would end the span before what happened inside it.
         self._perf = time.perf_counter_ns()
+        # The times of a span tree (starts, ends, events) all come from the perf counter,
+        # placed on the wall clock once, at its root: two clocks read one after the other
+        # (a thread may be preempted between the reads) could end a span before what
+        # happened inside it, or a child after its parent.
+        self._epoch_ns: int = (
+            parent._epoch_ns if parent is not None else time.time_ns() - self._perf
+        )
+        self.start_ns = self._epoch_ns + self._perf
         self.start_time = trace._clock.now()
         self._cpu = time.process_time_ns()
         self.memory_start_mb = Memory.rss_mb()
@@ -175,13 +181,17 @@ class LiveSpan:
             self._owns_attributes = True
         return self.attributes
 
+    def now_ns(self) -> int:
+        """Now, in nanoseconds since the epoch, on the clock of this span's times."""
+        return self._epoch_ns + time.perf_counter_ns()
+
     def add_event(self, name: str, **attributes: Any) -> None:
         """Record something that happened now, inside this span."""
         self.events.append(
             SpanEvent(
                 name=name,
                 time=self.trace._clock.now(),
-                time_ns=time.time_ns(),
+                time_ns=self.now_ns(),
                 attributes=attributes,
             )
         )
@@ -192,7 +202,7 @@ class LiveSpan:
             SpanEvent(
                 name="exception",
                 time=self.trace._clock.now(),
-                time_ns=time.time_ns(),
+                time_ns=self.now_ns(),
                 level="exception",
                 attributes={
                     "exception.type": type(exc).__qualname__,

@@ -58,7 +58,7 @@ from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent,
 from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
 
 _getframe = sys._getframe
-_time_ns = time.time_ns
+_perf_counter_ns = time.perf_counter_ns
 _get_ident = threading.get_ident
 _replace = msgspec.structs.replace
 _basenames: dict[str, str] = {}
@@ -238,11 +238,12 @@ def _level_method(level: str) -> Any:
 def _in_span(record: Metadata, context: ActiveContext) -> Metadata:
     """The record with the open span's ids and names, attached to the span as an event."""
     record = _replace(record, **context.overrides)
-    context.live.events.append(
+    live = context.live
+    live.events.append(
         SpanEvent(
             name="log",
             time=record.datetime,
-            time_ns=_time_ns(),
+            time_ns=live._epoch_ns + _perf_counter_ns(),  # `LiveSpan.now_ns`, inlined
             level=record.level,
             attributes={"message": record.message, "lineno": record.lineno},
         )
