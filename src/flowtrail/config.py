@@ -452,19 +452,19 @@ def resolve_settings(
             check_extras_key(key)
     file_layers = read_config_files()
     env_values = read_env()
-    key = None
+    cache_key: tuple[Any, ...] | None = None
     if "trace_handlers" not in arguments and "trace_handlers" not in from_extras:
         try:
-            key = (
+            cache_key = (
                 tuple(sorted(arguments.items())),
                 tuple(sorted(from_extras.items())),
                 tuple(sorted((k, str(v)) for k, v in env_values.items())),
                 msgspec.json.encode(file_layers),
             )
-            hash(key)
+            hash(cache_key)
         except TypeError:
-            key = None
-    if key is not None and (cached := _settings_cache.get(key)) is not None:
+            cache_key = None
+    if cache_key is not None and (cached := _settings_cache.get(cache_key)) is not None:
         return cached
     settings = validate_settings(
         [
@@ -474,11 +474,11 @@ def resolve_settings(
             *file_layers,
         ]
     )
-    if key is not None:
+    if cache_key is not None:
         if len(_settings_cache) > 256:
             _settings_cache.clear()
-        _settings_cache[key] = settings
+        _settings_cache[cache_key] = settings
     return settings
 
 
-_settings_cache: dict[Any, Settings] = {}
+_settings_cache: dict[tuple[Any, ...], Settings] = {}

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
 UTC: Final = _dt.timezone.utc
@@ -215,8 +215,34 @@ class RunContext:
     overrides: Any = None
 
 
+class ActiveContext(Protocol):
+    """What readers of `current_run` may use: a `RunContext`, or an open span
+    (`flowtrail.spans.LiveSpan`), which is the run context of the code inside it."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def parent_run_id(self) -> str | None: ...
+    @property
+    def trace_id(self) -> str | None: ...
+    @property
+    def span_id(self) -> str | None: ...
+    @property
+    def parent_span_id(self) -> str | None: ...
+    @property
+    def fields(self) -> tuple[tuple[str, Any], ...]: ...
+    @property
+    def live(self) -> Any: ...
+    @property
+    def sampled(self) -> bool: ...
+    @property
+    def baggage(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def overrides(self) -> Any: ...
+
+
 #: The run (and span) active in this thread or task; set by `Trace` and spans.
-current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+current_run: contextvars.ContextVar[ActiveContext | None] = contextvars.ContextVar(
     "flowtrail_current_run", default=None
 )
 #: The trace (`flowtrail.trace.Trace`) whose ``with`` block is active in this thread or

@@ -70,7 +70,7 @@ _fork_child_callbacks: list[Callable[[], None]] = []
 _exit_callbacks: list[Callable[[], None]] = []
 _previous: dict[int, Any] = {}
 _state = {"installed": False, "stopping": False, "exiting": False, "mp_watched": False}
-_held: list[threading.Lock] = []
+_held: list[pipeline.Lockable] = []
 #: Signals that arrived while the exit path was flushing: the process dies of them after.
 _deferred: list[int] = []
 

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat, starmap
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from flowtrail.records import sanitized
 from flowtrail.spool import Spool
@@ -67,6 +67,13 @@ class Exporter(Protocol):
 
     def after_fork(self) -> None:
         """Forget the parent's files, connections and locks."""
+
+
+class NowaitExporter(Exporter, Protocol):
+    """An exporter of a local store that a caller's thread may write through."""
+
+    def export_nowait(self, batch: Sequence[Any]) -> None:
+        """Write the batch at once: one attempt, no retries, no waiting for a lock."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,14 @@ def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return thread
+
+
+class Lockable(Protocol):
+    """A lock (`threading.Lock` or `threading.RLock`)."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class _Waker:
@@ -298,7 +313,7 @@ class Pipeline:
         self._queued_bytes = 0
         self._bytes_lock = threading.RLock()
         #: Records taken from the queue and not yet written or spooled.
-        self._inflight: list[Any] | None = None
+        self._inflight: Sequence[Any] | None = None
         #: ``stats.exported`` when a write on the caller's thread failed: callers leave
         #: the store to the worker until it has made progress.
         self._caller_paused_at = -1
@@ -446,12 +461,13 @@ class Pipeline:
             batch = self._take(self.options.batch_size)
             if not batch:
                 return False  # a flush marker is next: the worker handles it
-            self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
+            # Reached only when ``_caller_runs``: the exporter has ``export_nowait``.
+            cast(NowaitExporter, self.exporter).export_nowait(batch)
         except BaseException as exc:
             # First put back what was not written, with as little work as possible
             # before it: another signal may land in this block too.
-            if exc.__class__ is PartialExport:
-                self._inflight = exc.failed  # type: ignore[attr-defined]
+            if type(exc) is PartialExport:
+                self._inflight = exc.failed
             self._recover_inflight()
             failed: Sequence[Any] = batch
             cause: BaseException = exc
@@ -895,7 +911,7 @@ class Pipeline:
         return True
 
     # ------------------------------------------------------------------ process events
-    def _fork_locks(self) -> list[threading.Lock]:
+    def _fork_locks(self) -> list[Lockable]:
         """This pipeline's locks in the order its threads take them (see `fork_locks`)."""
         return [self._drain_lock, self._export_lock, self.spool._lock]
 
@@ -987,12 +1003,12 @@ def _at_exit() -> None:
             pass
 
 
-def fork_locks() -> list[threading.Lock]:
+def fork_locks() -> list[Lockable]:
     """Every lock a fork must not copy while another thread holds it, in an order that
     cannot deadlock with the threads taking them: `flowtrail.lifecycle` holds them across
     ``os.fork()`` so that no thread is inside an exporter (an SQLite call, a half-written
     spool file) when the child is made."""
-    locks = [_registry_lock]
+    locks: list[Lockable] = [_registry_lock]
     for pipeline in all_pipelines():
         locks += pipeline._fork_locks()
     return [*locks, _report_lock]

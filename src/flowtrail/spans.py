@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from flowtrail.context import (
     Clock,
@@ -56,7 +56,7 @@ class SpanOwner(Protocol):
         """Tell the synchronous handlers that ``live`` opened."""
         ...
 
-    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
+    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span | None:
         """Close ``live`` (with the exception that left it) and hand the span on."""
         ...
 
@@ -98,12 +98,21 @@ class LiveSpan:
         "start_ns",
         "start_time",
         "_perf",
+        "_epoch_ns",
         "_cpu",
         "memory_start_mb",
         "_token",
         "baggage",
         "_owns_attributes",
     )
+
+    # Declared here because `__init__` sets some of them from another span's.
+    trace_id: str
+    sampled: bool
+    baggage: tuple[tuple[str, str], ...]
+    names: dict[str, str]
+    fields: tuple[tuple[str, Any], ...]
+    _overrides: dict[str, Any] | None
 
     def __init__(
         self,
@@ -122,7 +131,7 @@ class LiveSpan:
         self.attributes = attributes
         self._owns_attributes = False
         self.events: list[SpanEvent] = []
-        self.status = "ok"
+        self.status: Literal["ok", "error"] = "ok"
         self.status_message: str | None = None
         self.span_id = new_span_id()
         if parent is not None:
@@ -131,7 +140,7 @@ class LiveSpan:
             self.sampled = parent.sampled
             self.root: LiveSpan = parent.root
             self.baggage = parent.baggage
-            names = dict(parent.names)
+            names: dict[str, str] = dict(parent.names)
         else:
             self.trace_id = trace.trace_id
             self.parent_span_id = remote.span_id if remote is not None else None
@@ -149,10 +158,15 @@ class LiveSpan:
         self.names = names
         #: Finished spans of an unsampled trace, kept by its local root until it ends.
         self.pending: list[Span] | None = None if self.sampled else []
-        self.start_ns = time.time_ns()
-        # Read next to start_ns: end_ns is start_ns plus the wall time from here, so any
-        # gap between the two readings would end the span before what happened inside it.
         self._perf = time.perf_counter_ns()
+        # The times of a span tree (starts, ends, events) all come from the perf counter,
+        # placed on the wall clock once, at its root: two clocks read one after the other
+        # (a thread may be preempted between the reads) could end a span before what
+        # happened inside it, or a child after its parent.
+        self._epoch_ns: int = (
+            parent._epoch_ns if parent is not None else time.time_ns() - self._perf
+        )
+        self.start_ns = self._epoch_ns + self._perf
         self.start_time = trace._clock.now()
         self._cpu = time.process_time_ns()
         self.memory_start_mb = Memory.rss_mb()
@@ -173,13 +187,17 @@ class LiveSpan:
             self._owns_attributes = True
         return self.attributes
 
+    def now_ns(self) -> int:
+        """Now, in nanoseconds since the epoch, on the clock of this span's times."""
+        return self._epoch_ns + time.perf_counter_ns()
+
     def add_event(self, name: str, **attributes: Any) -> None:
         """Record something that happened now, inside this span."""
         self.events.append(
             SpanEvent(
                 name=name,
                 time=self.trace._clock.now(),
-                time_ns=time.time_ns(),
+                time_ns=self.now_ns(),
                 attributes=attributes,
             )
         )
@@ -190,7 +208,7 @@ class LiveSpan:
             SpanEvent(
                 name="exception",
                 time=self.trace._clock.now(),
-                time_ns=time.time_ns(),
+                time_ns=self.now_ns(),
                 level="exception",
                 attributes={
                     "exception.type": type(exc).__qualname__,
@@ -204,9 +222,12 @@ class LiveSpan:
 
     def set_status(self, status: str, message: str | None = None) -> None:
         """Mark the span ``ok`` or ``error`` (an exception leaving it sets ``error``)."""
-        if status not in ("ok", "error"):
+        if status == "ok":
+            self.status = "ok"
+        elif status == "error":
+            self.status = "error"
+        else:
             raise ValueError(f"span status must be 'ok' or 'error', got {status!r}")
-        self.status = status
         self.status_message = message
 
     def traceparent(self) -> str:
@@ -246,7 +267,7 @@ class LiveSpan:
         # attribute of `RunContext`, so opening a span makes no second object.
         self.fields = context.fields if context is not None else ()
         self._overrides = None
-        self._token = current_run.set(self)  # type: ignore[arg-type]
+        self._token = current_run.set(self)
         _OPEN[self] = None
         if self.trace._sync:
             self.trace._span_started(self)
@@ -283,7 +304,7 @@ class LiveSpan:
             self.start_ns,
             self.start_ns + wall_ns,
             wall_ns / 1e6,
-            self.status,  # type: ignore[arg-type]
+            self.status,
             self.status_message,
             self.attributes,
             self.events,
@@ -328,8 +349,8 @@ _HOSTNAME: list[str | None] = [None]
 
 
 def _hostname() -> str:
-    _HOSTNAME[0] = host_info().hostname
-    return _HOSTNAME[0]
+    hostname = _HOSTNAME[0] = host_info().hostname
+    return hostname
 
 
 def path_to_errors(spans: list[Span]) -> list[Span]:
@@ -432,7 +453,7 @@ class SpanScope:
                 trace._end_span(live, None)
                 return result
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -445,4 +466,4 @@ class SpanScope:
             trace._end_span(live, None)
             return result
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)

@@ -52,7 +52,7 @@ def _from_url(url: str) -> StoreReader:
             "use sqlite:///path/to.db, "
             "file://dir, or a path"
         )
-    path = Path(url)
-    if path.suffix in (".db", ".sqlite", ".sqlite3") or path.is_file():
+    local = Path(url)
+    if local.suffix in (".db", ".sqlite", ".sqlite3") or local.is_file():
         return SQLiteHandler(path=url)
     return FileHandler(path=url)

@@ -29,6 +29,7 @@ import msgspec
 
 from flowtrail.config import ConfigError, Settings, mask_text, resolve_settings
 from flowtrail.context import (
+    ActiveContext,
     Pid,
     RunContext,
     TraceParent,
@@ -65,7 +66,7 @@ from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent,
 from flowtrail.spans import LiveSpan, SpanScope, end_open_spans, open_spans, path_to_errors
 
 _getframe = sys._getframe
-_time_ns = time.time_ns
+_perf_counter_ns = time.perf_counter_ns
 _get_ident = threading.get_ident
 _replace = msgspec.structs.replace
 _basenames: dict[str, str] = {}
@@ -246,14 +247,15 @@ def _level_method(level: str) -> Any:
     return method
 
 
-def _in_span(record: Metadata, context: RunContext) -> Metadata:
+def _in_span(record: Metadata, context: ActiveContext) -> Metadata:
     """The record with the open span's ids and names, attached to the span as an event."""
     record = _replace(record, **context.overrides)
-    context.live.events.append(
+    live = context.live
+    live.events.append(
         SpanEvent(
             name="log",
             time=record.datetime,
-            time_ns=_time_ns(),
+            time_ns=live._epoch_ns + _perf_counter_ns(),  # `LiveSpan.now_ns`, inlined
             level=record.level,
             attributes={"message": record.message, "lineno": record.lineno},
         )
@@ -721,7 +723,7 @@ def _stop_runs(signal_name: str, frame: FrameType | None) -> None:
     `flowtrail.lifecycle`): each trace with open spans or inside its ``with`` block hands
     the records it holds to its handlers and records, at level error inside its innermost
     open span, that the run was stopped; then every open span ends as interrupted."""
-    traces: dict[Trace, LiveSpan | None] = {}
+    traces: dict[Any, LiveSpan | None] = {}
     for live in open_spans():  # newest first: a trace's first is its innermost
         traces.setdefault(live.trace, live)
     _release_held_records()

@@ -17,6 +17,7 @@ lines twice.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import stat
@@ -73,7 +74,7 @@ class FileHandler(BaseHandler, StoreReader):
     """Write each run to its own directory of text and JSON-lines files; read runs back."""
 
     type: ClassVar[str] = "file"
-    Config: ClassVar[type[HandlerConfig]] = FileConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = FileConfig
     local: ClassVar[bool] = True
     accepted: ClassVar[dict[str, str]] = {
         "path": "a directory path",

@@ -17,6 +17,7 @@ returns True survives a power loss too (see benchmarks/README.md for its cost).
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import sqlite3
@@ -150,7 +151,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
     """Store records in an embedded SQLite database; read runs back with SQL."""
 
     type: ClassVar[str] = "sqlite"
-    Config: ClassVar[type[HandlerConfig]] = SQLiteConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = SQLiteConfig
     local: ClassVar[bool] = True
     accepted: ClassVar[dict[str, str]] = {
         "path": "a database file path",
@@ -422,6 +423,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
     def find_trace_with_id(
         self, run_id: str, *, include_children: bool = False, text: bool = True
     ) -> TraceData:
+        params: tuple[str, ...]
         if include_children:
             where, params = "run_id = ? OR parent_run_id = ?", (run_id, run_id)
             meta = sort_by_time(self._select(where, params))
