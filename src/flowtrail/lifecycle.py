@@ -37,6 +37,16 @@ SIGTERM
     made on the main thread. ``SIGINT`` is Python's ``KeyboardInterrupt``, which unwinds
     spans (as ``error``) and exits normally.
 
+    A Python signal handler runs only between bytecodes of the main thread: a signal that
+    lands just before the main thread blocks in a system call that does not wake up for
+    it (a multiprocessing pool worker waiting for its next task when ``Pool.terminate``
+    sends SIGTERM) would leave its handler pending for ever, and the process hanging. So
+    flowtrail also takes the interpreter's signal wake-up file descriptor when nobody
+    else has (``signal.set_wakeup_fd``; asyncio's own replaces it, which is fine since an
+    event loop does not block like that): a small thread of flowtrail's reads it, and
+    when a SIGTERM is not handled within 0.1 s it sends it again to the main thread
+    itself (``signal.pthread_kill``), which interrupts the blocking call.
+
 The front registers its callbacks here (`on_terminate`); this module never imports it.
 """
 
@@ -70,6 +80,10 @@ _fork_child_callbacks: list[Callable[[], None]] = []
 _exit_callbacks: list[Callable[[], None]] = []
 _previous: dict[int, Any] = {}
 _state = {"installed": False, "stopping": False, "exiting": False, "mp_watched": False}
+#: How many times `_on_signal` has started (the wake-up watcher compares it).
+_calls = [0]
+#: The read end of the wake-up pipe flowtrail's watcher reads, if it has one.
+_wakeup: dict[str, int] = {}
 _held: list[pipeline.Lockable] = []
 #: Signals that arrived while the exit path was flushing: the process dies of them after.
 _deferred: list[int] = []
@@ -127,10 +141,81 @@ def install_signal_handlers() -> None:
             _previous[signal.SIGTERM] = previous
             signal.signal(signal.SIGTERM, _on_signal)
     except (ValueError, OSError):  # not the main interpreter: signals are not ours
+        return
+    if signal.getsignal(signal.SIGTERM) is _on_signal:
+        _watch_wakeup()
+
+
+def _watch_wakeup() -> None:
+    """Take the signal wake-up descriptor if nobody has it, and read it on a thread of
+    flowtrail's (see the module docstring). Main thread only."""
+    if _wakeup:
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        old = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        old = None
+    if old != -1:  # somebody else's (or none possible): leave it as it was
+        if old is not None:
+            signal.set_wakeup_fd(old)
+        os.close(read_end)
+        os.close(write_end)
+        return
+    _wakeup.update(read=read_end, write=write_end)
+    pipeline.start_thread(lambda: _read_wakeups(read_end), "flowtrail:signals")
+
+
+def _read_wakeups(read_end: int) -> None:
+    main = threading.main_thread().ident
+    if main is None:
+        return
+    while True:
+        try:
+            data = os.read(read_end, 64)
+        except OSError:
+            return
+        if not data or _wakeup.get("read") != read_end:
+            return  # closed, or a forked child made its own
+        if signal.SIGTERM not in data:
+            continue
+        seen = _calls[0]
+        for _ in range(50):
+            time.sleep(0.1)
+            if _calls[0] != seen:
+                break
+            # The handler is still pending: the main thread is blocked in a call that
+            # the signal did not interrupt. A signal sent to that thread does.
+            try:
+                signal.pthread_kill(main, signal.SIGTERM)
+            except (OSError, ValueError):
+                break
+
+
+def _forget_wakeup_after_fork() -> None:
+    """In a forked child: the pipe is the parent's (its watcher would read the child's
+    signals); take a new one when the child makes its first trace."""
+    read_end = _wakeup.pop("read", None)
+    write_end = _wakeup.pop("write", None)
+    if read_end is None or write_end is None:
+        return
+    try:
+        old = signal.set_wakeup_fd(-1)
+        if old != write_end:  # not ours any more: leave the program's
+            signal.set_wakeup_fd(old)
+    except (ValueError, OSError):
         pass
+    for fd in (read_end, write_end):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _state["installed"] = False
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _calls[0] += 1
     previous = _previous.get(signum, signal.SIG_DFL)
     chained = callable(previous)
     if _state["exiting"] and not chained:
@@ -138,11 +223,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         # then die of the signal.
         _deferred.append(signum)
         return
-    if _state["stopping"]:  # a second signal while the first is handled
+    if _state["stopping"]:
+        # A second signal while the first is handled (it interrupted the wait below):
+        # the first dies of it when its flush is done, within exit_timeout.
         if chained:
             previous(signum, frame)
-            return
-        _die(signum)
+        return
     _state["stopping"] = True
     if chained:
         # The program's own handler decides what happens; first save what is queued.
@@ -212,6 +298,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     # The child's copies of the held locks are dropped: the pipelines made new ones.
     _held.clear()
+    _forget_wakeup_after_fork()
     _deferred.clear()
     _state["stopping"] = _state["exiting"] = False
     _run(_fork_child_callbacks)
