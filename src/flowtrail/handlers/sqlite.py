@@ -32,7 +32,6 @@ from flowtrail.config import DEFAULT_LOG_FORMAT_FILE, ConfigError, Settings
 from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
 from flowtrail.handlers.query import check_level, parse_time, sort_by_time
-from flowtrail.timeparse import parse_time_filter
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import (
     ERROR_LEVELS,
@@ -45,6 +44,7 @@ from flowtrail.records import (
     SpanEvent,
     TraceData,
 )
+from flowtrail.timeparse import parse_time_filter
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
 _JSON_COLUMNS = {"tags", "metadata"}
