@@ -260,7 +260,9 @@ def runs(
                 )
             )
         headers = ("run id", "workflow", "start (UTC)", "took", "status", "recs", "errs")
-        table = _fitting_table((*headers, "failed spans"), rows, wrap={1: 8, 2: 10})
+        table = _fitting_table(
+            (*headers, "failed spans"), rows, wrap={1: (8, 4), 2: (10, 10)}, width=console.width
+        )
         console.print(table)
         return
     # "errors" counts error records; "failed_spans" spans that ended in error, such as an
@@ -274,22 +276,42 @@ def runs(
 
 
 def _fitting_table(
-    headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap: dict[int, int]
+    headers: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    wrap: dict[int, tuple[int, int]],
+    width: int,
 ) -> Table:
-    """A table whose first column (the run id, what a person copies into `show`) is
-    never cut or wrapped, whatever the width: the columns in ``wrap`` (index: narrowest
-    width) shrink and wrap, the others keep their values whole and wrap their headers."""
+    """A table of at most ``width`` columns (when it can be) whose first column, the run
+    id a person copies into `show`, is never cut or wrapped. The other columns give way:
+    those in ``wrap`` (index: two narrowest widths) wrap their values to the first width,
+    then headers wrap at spaces, then those columns wrap to the second width, then
+    headers fold down to the width of their values."""
     from rich.text import Text
 
-    table = Table(box=None, padding=(0, 1, 0, 0), header_style="bold underline")
+    values = [max(Text.from_markup(row[i]).cell_len for row in rows) for i in range(len(headers))]
+    words = [max(len(word) for word in header.split()) for header in headers]
+    widths = [max(value, len(header)) for value, header in zip(values, headers, strict=True)]
+    room = width - len(headers)  # one space after each column
+    stages = (
+        lambda i: min(values[i], wrap[i][0]) if i in wrap else None,
+        lambda i: max(values[i], words[i]),
+        lambda i: min(values[i], wrap[i][1]) if i in wrap else None,
+        lambda i: min(values[i], wrap[i][1]) if i in wrap else max(values[i], 1),
+    )
+    for floor_of in stages:
+        floors = {i: floor_of(i) for i in range(1, len(headers))}  # never the run id
+        while sum(widths) > room:
+            # One character at a time from the widest column that can give one.
+            able = [i for i, floor in floors.items() if floor is not None and widths[i] > floor]
+            if not able:
+                break
+            widths[max(able, key=lambda i: widths[i])] -= 1
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold underline")
     for index, header in enumerate(headers):
-        width = max(Text.from_markup(row[index]).cell_len for row in rows)
         if index == 0:
-            table.add_column(header, no_wrap=True, min_width=width)
-        elif index in wrap:
-            table.add_column(header, overflow="fold", min_width=min(width, wrap[index]))
+            table.add_column(header, no_wrap=True, min_width=widths[0])
         else:
-            table.add_column(header, overflow="fold", min_width=max(width, 4))
+            table.add_column(header, overflow="fold", width=widths[index])
     for row in rows:
         table.add_row(*row)
     return table
