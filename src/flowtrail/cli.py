@@ -67,10 +67,7 @@ class _Main(click.Group):
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):
                 raise
-            store = ctx.meta.get("flowtrail.store")
-            raise click.ClickException(
-                f"{exc}" + (f" (reading {store})" if store else "")
-            ) from None
+            raise click.ClickException(str(exc)) from None  # it names its file
 
 
 def _store(url: str | None, *, check: bool = True) -> Any:

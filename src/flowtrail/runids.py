@@ -16,6 +16,8 @@ from flowtrail.context import CUT_MARK, check_run_id
 
 #: How many candidates an error lists.
 SHOWN: Final = 10
+#: Up to this many runs, an unknown id is compared with every run id for suggestions.
+NEAR_SCAN: Final = 2000
 
 
 class RunIdError(LookupError):
@@ -68,11 +70,23 @@ def resolve_run_id(store: Any, text: str, *, where: str | None = None) -> str:
             text,
             matches[:SHOWN],
         )
-    every = store.run_ids()
-    close = difflib.get_close_matches(text, every, n=5, cutoff=0.6)
-    if not close:
-        close = [run_id for run_id in every if (head or text) in run_id][:5]
-    hint = f"; did you mean:{_listing(close, False)}" if close else ""
-    if not every:
-        hint = " (it holds no runs)"
+    close = _near(store, head if mark else text)
+    hint = f"; did you mean:{_listing(close, False)}" if close else " (it holds no runs)"
     raise UnknownRunId(f"no run {text!r} in {place}{hint}", text, close)
+
+
+def _near(store: Any, text: str) -> list[str]:
+    """Run ids of ``store`` close to ``text``: by similarity when the store holds few runs,
+    else (and when none is similar) those sharing the longest prefix with it."""
+    few = store.run_ids(limit=NEAR_SCAN)
+    if not few:
+        return []
+    if len(few) < NEAR_SCAN:
+        close = difflib.get_close_matches(text, few, n=5, cutoff=0.6)
+        if close:
+            return close
+    for size in range(len(text) - 1, -1, -1):  # one index seek or folder scan each
+        near = store.run_ids(text[:size], limit=5)
+        if near:
+            return near
+    return few[:5]
