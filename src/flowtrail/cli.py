@@ -43,6 +43,13 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
+_STORE_HELP = (
+    "Store URL or path: sqlite:///file.db, file://dir, a .db file, a directory holding "
+    "flowtrail.db, or a file store's directory (default: $FLOWTRAIL_STORE, else the "
+    "configured store, else <log_dir>/flowtrail.db)."
+)
+
+
 class _BadInput(click.ClickException):
     """One ``Error: ...`` line and exit code 2: the command was given something unusable."""
 
@@ -198,7 +205,7 @@ def demo(store_url: str | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--workflow", default=None, help="Only runs of this workflow.")
 @click.option(
     "--status",
@@ -378,7 +385,7 @@ def _write(text: str) -> None:
 
 @main.command()
 @click.argument("run_id", required=False)
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--failed", is_flag=True, help="Without RUN_ID: the newest run that failed.")
 @click.option(
     "--format",
@@ -429,7 +436,7 @@ def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, chil
 @main.command()
 @click.argument("run_id")
 @click.option("-o", "--output", "output", default=None, help="HTML file (default: RUN_ID.html).")
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option(
     "--children/--no-children", default=True, show_default=True, help="Include child runs."
 )
@@ -459,7 +466,7 @@ class _nothing:
 
 
 @main.command()
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--workflow", default=None, help="Across all runs of this workflow.")
 @click.option("--run", "run_id", default=None, help="One run (its id or a unique prefix).")
 @_time_options("spans that started")
@@ -537,7 +544,7 @@ def stats(
 
 @main.command()
 @click.argument("run_id", required=False)
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--interval", default=0.5, show_default=True, help="Seconds between polls.")
 @click.option(
     "--idle-exit",
@@ -584,7 +591,7 @@ def tail(
 
 @main.command()
 @click.argument("text", required=False)
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--run", "run_id", default=None, help="Only this run (its id or a unique prefix).")
 @click.option("--workflow", default=None, help="Only this workflow.")
 @click.option(
