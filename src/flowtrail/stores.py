@@ -82,6 +82,8 @@ def _check_sqlite(path: Path, table: str, origin: str) -> None:
         raise StoreError(f"flowtrail: no store at {where}: no such file{origin}")
     if path.is_dir():
         raise StoreError(f"flowtrail: {where}{origin} is a directory, not an SQLite database")
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"flowtrail: cannot read {where}{origin}: permission denied")
     try:
         if path.stat().st_size == 0:
             return  # created by a writer that has not written yet: an empty store
