@@ -422,6 +422,13 @@ class StoreReader:
         """One summary per run, newest first."""
         raise NotImplementedError
 
+    def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """The ids of the runs whose id starts with ``prefix`` (all with ``""``), sorted,
+        at most ``limit``. Cheap: it does not read the runs' records. See
+        `flowtrail.runids.resolve_run_id` to turn a prefix typed by a person into an id."""
+        found = sorted(s.run_id for s in self.runs() if s.run_id.startswith(prefix))
+        return found[:limit] if limit is not None else found
+
     def spans(
         self,
         *,

@@ -428,6 +428,20 @@ class FileHandler(BaseHandler, StoreReader):
         summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
         return summaries[:limit] if limit is not None else summaries
 
+    def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """The ids of the runs whose id starts with ``prefix``, sorted (from the folder
+        names: no file is read)."""
+        self._flush_own()
+        if not self.base.is_dir():
+            return []
+        head = f"run_id={prefix}"
+        found = sorted(
+            entry.name[len("run_id=") :]
+            for entry in os.scandir(self.base)
+            if entry.name.startswith(head) and entry.is_dir()
+        )
+        return found[:limit] if limit is not None else found
+
     def spans(
         self,
         *,
