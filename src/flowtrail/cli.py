@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -281,7 +282,7 @@ def runs(
 
 def _fitting_table(
     headers: tuple[str, ...],
-    rows: list[tuple[str, ...]],
+    rows: Sequence[tuple[str, ...]],
     wrap: dict[int, tuple[int, int]],
     width: int,
 ) -> Table:

@@ -149,6 +149,6 @@ def _from_url(url: str) -> StoreReader:
     local = Path(url)
     if local.suffix in (".db", ".sqlite", ".sqlite3") or local.is_file():
         return SQLiteHandler(path=url)
-    if (path / DB_NAME).is_file():
-        return SQLiteHandler(path=str(path / DB_NAME))  # a log_dir: read its database
+    if (local / DB_NAME).is_file():
+        return SQLiteHandler(path=str(local / DB_NAME))  # a log_dir: read its database
     return FileHandler(path=url)
