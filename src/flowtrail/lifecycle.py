@@ -342,6 +342,8 @@ def _flush_at_exit() -> None:
             _die(_deferred[0])
 
 
+pipeline.BENIGN_HANDLERS.add(_on_signal)
+
 os.register_at_fork(
     before=_before_fork,
     after_in_parent=_after_fork_in_parent,

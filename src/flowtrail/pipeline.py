@@ -201,6 +201,26 @@ class _Waker:
         self._lock.acquire(blocking=False)
 
 
+#: Signal handlers known never to raise (flowtrail's own SIGTERM handler registers
+#: itself here). `signal.default_int_handler` (``KeyboardInterrupt``) is accepted too.
+BENIGN_HANDLERS: set[Any] = {signal.default_int_handler}
+
+
+def raising_handlers_installed() -> bool:
+    """Whether a Python signal handler that may raise is installed. A caller's thread
+    with one does not write batches itself: an exception raised between a write and the
+    note that it was done would make the batch look unwritten (and written twice). The
+    worker thread never runs signal handlers."""
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and handler not in BENIGN_HANDLERS:
+            return True
+    return False
+
+
 def _signal_handler_codes() -> set[Any]:
     codes = set()
     for number in signal.valid_signals():
@@ -442,6 +462,7 @@ class Pipeline:
             not self._caller_runs
             or self._caller_paused_at == self.stats.exported
             or drain._is_owned()  # type: ignore[attr-defined]
+            or raising_handlers_installed()
         ):
             return False
         try:

@@ -183,19 +183,23 @@ class FileHandler(BaseHandler, StoreReader):
         """Append each payload to its descriptor (``O_APPEND``). If any write fails, every
         file is truncated back to where this call's bytes started, then the error is
         raised: the records are then in none of the files."""
-        done: list[list[int]] = []  # [fd, bytes written]
+        done: list[tuple[int, list[int]]] = []  # (fd, sizes of its writes)
         try:
             for fd, data in writes:
-                entry = [fd, 0]
-                done.append(entry)
+                counts: list[int] = []
+                done.append((fd, counts))
                 view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    entry[1] += written
-                    view = view[written:]
+                total = len(view)
+                written = 0
+                while written < total:
+                    # extend() calls os.write and keeps its result in one C call: an
+                    # exception a signal handler raises right after the write cannot
+                    # land between the write and the count of what it wrote.
+                    counts.extend(map(os.write, (fd,), (view[written:],)))
+                    written = sum(counts)
         except BaseException:  # a full disk, or a signal handler's exception mid-write
-            for fd, count in done:
-                _truncate_own(fd, count)
+            for fd, counts in done:
+                _truncate_own(fd, sum(counts))
             raise
 
     def export(self, batch: Sequence[Any]) -> None:
