@@ -14,4 +14,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/python -m ruff check src tests benchmarks
+.venv/bin/python -m mypy src
 .venv/bin/python -m pytest "$@"

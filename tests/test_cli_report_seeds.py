@@ -240,8 +240,8 @@ def test_find_trace_with_id_of_a_parent_includes_its_child_runs(kind: str, tmp_p
     assert shown.returncode == 0, shown.stderr
     assert "records=4" in shown.stdout and shown.stdout.count("job-b ran") == 1
     missing = cli("show", "no-such-run", "--store", url, cwd=tmp_path)
-    assert missing.returncode == 1
-    assert "no run 'no-such-run' in store" in missing.stderr and where in missing.stderr
+    assert missing.returncode == 2  # an unknown run id is a usage error
+    assert "no run 'no-such-run' in " in missing.stderr and where in missing.stderr
     assert "Traceback" not in missing.stderr
 
 

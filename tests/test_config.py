@@ -95,7 +95,10 @@ def test_each_layer_wins_over_the_ones_below(
     if top == 0:
         arguments[key] = values[0]
     trace = get_trace("r", handlers=[MemoryHandler()], extras=extras, **arguments)
-    assert getattr(trace.settings, key) == values[top]
+    expected = values[top]
+    if key == "log_dir" and top in (3, 4):
+        expected = str(folder / expected)  # relative to the config file's folder
+    assert getattr(trace.settings, key) == expected
 
 
 def test_flowtrail_toml_falls_back_to_pyproject_per_key(tmp_path: Path) -> None:
@@ -422,7 +425,6 @@ ERROR_CASES = {
         ["'log_add_emoji'", "'maybe'", "flowtrail.toml", "true or false"],
     ),
     "toml_syntax": (_toml("log_tz = \n"), ["flowtrail.toml"]),
-    "env_unknown": (_env("FLOWTRAIL_FOO", "1"), ["FLOWTRAIL_FOO", "'foo'", "Known keys", "log_tz"]),
     "env_bad_value": (
         _env("FLOWTRAIL_LOG_TZ", "Mars/Base"),
         ["'log_tz'", "'Mars/Base'", "environment", "IANA"],

@@ -3,14 +3,24 @@
 ``flowtrail demo`` runs a built-in workflow; ``runs`` lists runs; ``show [RUN_ID]``
 prints one run as a tree; ``search TEXT`` finds records; ``stats`` aggregates spans;
 ``tail`` follows a run; ``report`` writes an HTML timeline. Every reading command takes
-``--store URL`` (``sqlite:///path.db``, ``file://dir``, or a path); the default is the
-configured store, else ``./logs/flowtrail.db``. Output is rich on a terminal and plain
-text when piped.
+``--store URL`` (``sqlite:///path.db``, ``file://dir``, or a path); the default is
+``FLOWTRAIL_STORE``, else the configured store, else ``<log_dir>/flowtrail.db``. A run id
+may be given by any unique prefix (`flowtrail.runids`); time filters take the forms of
+`flowtrail.timeparse`. Output is rich on a terminal and plain text when piped.
+
+Exit codes: 0 when the command did its work (an empty result included); 1 when the store
+has nothing to show for it (no runs yet, no failed run, no spans) or reading failed
+midway; 2 when what it was given cannot be used (an unknown option value, a time filter
+that is not a time, a run id that names no run or several, a store that does not exist
+or is not a flowtrail store).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import click
@@ -34,13 +44,109 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _store(url: str | None) -> Any:
-    from flowtrail.stores import open_store
+_STORE_HELP = (
+    "Store URL or path: sqlite:///file.db, file://dir, a .db file, a directory holding "
+    "flowtrail.db, or a file store's directory (default: $FLOWTRAIL_STORE, else the "
+    "configured store, else <log_dir>/flowtrail.db)."
+)
+
+
+class _BadInput(click.ClickException):
+    """One ``Error: ...`` line and exit code 2: the command was given something unusable."""
+
+    exit_code = 2
+
+
+class _Main(click.Group):
+    """Turns the readers' errors into one-line messages naming the store, never a
+    traceback (see the exit codes in the module docstring)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from flowtrail.runids import RunIdError
+        from flowtrail.stores import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except (StoreError, RunIdError) as exc:
+            raise _BadInput(str(exc)) from None
+        except sqlite3.Error as exc:
+            store = ctx.meta.get("flowtrail.store", "the store")
+            raise click.ClickException(f"cannot read {store}: {exc}") from None
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise click.ClickException(str(exc)) from None  # it names its file
+
+
+def _store(url: str | None, *, check: bool = True) -> Any:
+    """The store to read (``check``: it must exist and be a flowtrail store)."""
+    from flowtrail.stores import describe_store, open_store
 
     try:
-        return open_store(url)
+        store = open_store(url, check=check)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["flowtrail.store"] = describe_store(store)
+    return store
+
+
+def _where() -> str:
+    """The store the command reads, for its messages: ``SQLite store /path/to.db``."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("flowtrail.store", "this store") if ctx is not None else "this store"
+
+
+def _run_id(store: Any, text: str) -> str:
+    """The run ``text`` names in ``store`` (the id or a unique prefix of it)."""
+    from flowtrail.runids import resolve_run_id
+
+    try:
+        return resolve_run_id(store, text, where=_where())
+    except ValueError as exc:  # a run id no store could hold ('../x')
+        raise click.UsageError(str(exc)) from None
+
+
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--since``/``--until`` read by the one time parser, or exit 2 naming the option."""
+    if value is None:
+        return None
+    from flowtrail.timeparse import TimeFilterError, configured_tz, parse_time_filter
+
+    try:
+        return parse_time_filter(value, tz=configured_tz())
+    except (TimeFilterError, ConfigError) as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _time_options(what: str) -> Any:
+    """The ``--since``/``--until`` options of a reading command."""
+    from flowtrail.timeparse import ACCEPTED_TIMES
+
+    def decorate(command: Any) -> Any:
+        for name, edge in (("--until", "at or before"), ("--since", "at or after")):
+            command = click.option(
+                name,
+                default=None,
+                callback=_time_option,
+                help=f"Only {what} {edge} this time: {ACCEPTED_TIMES}. A date or a time "
+                "without zone is in log_tz (UTC unless configured).",
+            )(command)
+        return command
+
+    return decorate
+
+
+def _in_range(text: str | None, since: datetime | None, until: datetime | None) -> bool:
+    from flowtrail.handlers.query import parse_time
+
+    if since is None and until is None:
+        return True
+    if not text:
+        return False
+    moment = parse_time(text)
+    return (since is None or moment >= since) and (until is None or moment <= until)
 
 
 def _short_time(text: str | None) -> str:
@@ -56,7 +162,7 @@ def _duration(summary: RunSummary) -> str:
     return "-" if seconds is None else duration_text(seconds * 1000)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="flowtrail")
 def main() -> None:
     """flowtrail: trace workflow runs and read them back."""
@@ -77,7 +183,7 @@ def demo(store_url: str | None, quiet: bool) -> None:
 
     handlers = None
     if store_url or quiet:
-        store = _store(store_url)
+        store = _store(store_url, check=False)
         handlers = [store] if quiet else [ConsoleHandler(), store]
     try:
         run_id = run_demo(handlers=handlers)
@@ -100,7 +206,7 @@ def demo(store_url: str | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--workflow", default=None, help="Only runs of this workflow.")
 @click.option(
     "--status",
@@ -109,14 +215,25 @@ def demo(store_url: str | None, quiet: bool) -> None:
     help="Only runs that failed or not.",
 )
 @click.option("--limit", default=50, show_default=True, help="At most this many runs.")
+@_time_options("runs that started")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def runs(
-    store_url: str | None, workflow: str | None, status: str | None, limit: int, as_json: bool
+    store_url: str | None,
+    workflow: str | None,
+    status: str | None,
+    limit: int,
+    since: datetime | None,
+    until: datetime | None,
+    as_json: bool,
 ) -> None:
     """List runs, newest first."""
-    summaries = _store(store_url).runs(workflow=workflow, limit=None if status else limit)
+    filtered = bool(status or since or until)
+    summaries = _store(store_url).runs(workflow=workflow, limit=None if filtered else limit)
+    if since or until:
+        summaries = [s for s in summaries if _in_range(s.start, since, until)]
     if status:
-        summaries = [s for s in summaries if s.status == status][:limit]
+        summaries = [s for s in summaries if s.status == status]
+    summaries = summaries[:limit]
     if as_json:
         click.echo(
             msgspec.json.encode(
@@ -129,31 +246,28 @@ def runs(
         return
     console = _console()
     if not summaries:
-        click.echo("No runs found.")
+        click.echo(f"No runs found in {_where()}.")
         return
     if console.is_terminal:
-        table = Table(
-            "run id",
-            "workflow",
-            "start (UTC)",
-            "duration",
-            "status",
-            "records",
-            "errors",
-            "failed spans",
-        )
+        rows = []
         for s in summaries:
             style = "red" if s.status == "error" else "green"
-            table.add_row(
-                s.run_id,
-                s.workflow_name or "-",
-                _short_time(s.start),
-                _duration(s),
-                f"[{style}]{s.status}[/]",
-                str(s.records),
-                str(s.errors),
-                str(s.span_errors),
+            rows.append(
+                (
+                    s.run_id,
+                    s.workflow_name or "-",
+                    _short_time(s.start),
+                    _duration(s),
+                    f"[{style}]{s.status}[/]",
+                    str(s.records),
+                    str(s.errors),
+                    str(s.span_errors),
+                )
             )
+        headers = ("run id", "workflow", "start (UTC)", "took", "status", "recs", "errs")
+        table = _fitting_table(
+            (*headers, "failed spans"), rows, wrap={1: (8, 4), 2: (10, 10)}, width=console.width
+        )
         console.print(table)
         return
     # "errors" counts error records; "failed_spans" spans that ended in error, such as an
@@ -164,6 +278,48 @@ def runs(
             f"{s.run_id}\t{s.workflow_name or '-'}\t{s.start or '-'}\t{_duration(s)}\t"
             f"{s.status}\t{s.records}\t{s.errors}\t{s.span_errors}"
         )
+
+
+def _fitting_table(
+    headers: tuple[str, ...],
+    rows: Sequence[tuple[str, ...]],
+    wrap: dict[int, tuple[int, int]],
+    width: int,
+) -> Table:
+    """A table of at most ``width`` columns (when it can be) whose first column, the run
+    id a person copies into `show`, is never cut or wrapped. The other columns give way:
+    those in ``wrap`` (index: two narrowest widths) wrap their values to the first width,
+    then headers wrap at spaces, then those columns wrap to the second width, then
+    headers fold down to the width of their values."""
+    from rich.text import Text
+
+    values = [max(Text.from_markup(row[i]).cell_len for row in rows) for i in range(len(headers))]
+    words = [max(len(word) for word in header.split()) for header in headers]
+    widths = [max(value, len(header)) for value, header in zip(values, headers, strict=True)]
+    room = width - len(headers)  # one space after each column
+    stages = (
+        lambda i: min(values[i], wrap[i][0]) if i in wrap else None,
+        lambda i: max(values[i], words[i]),
+        lambda i: min(values[i], wrap[i][1]) if i in wrap else None,
+        lambda i: min(values[i], wrap[i][1]) if i in wrap else max(values[i], 1),
+    )
+    for floor_of in stages:
+        floors = {i: floor_of(i) for i in range(1, len(headers))}  # never the run id
+        while sum(widths) > room:
+            # One character at a time from the widest column that can give one.
+            able = [i for i, floor in floors.items() if floor is not None and widths[i] > floor]
+            if not able:
+                break
+            widths[max(able, key=lambda i: widths[i])] -= 1
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold underline")
+    for index, header in enumerate(headers):
+        if index == 0:
+            table.add_column(header, no_wrap=True, min_width=widths[0])
+        else:
+            table.add_column(header, overflow="fold", width=widths[index])
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _print_records(records: list[Metadata], console: Console) -> None:
@@ -187,10 +343,10 @@ def _load_run(store: Any, run_id: str, children: bool) -> Any:
         data = store.find_trace_with_id(run_id, include_children=children, text=False)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    except LookupError as exc:  # TraceNotFound: names the run id and the store
-        raise click.ClickException(str(exc)) from None
-    if not data.meta and not data.spans:
-        raise click.ClickException(f"no records of run {run_id!r} in this store")
+    except LookupError:  # TraceNotFound
+        data = None
+    if data is None or (not data.meta and not data.spans):
+        raise click.ClickException(f"no records of run {run_id!r} in {_where()}")
     return data
 
 
@@ -219,7 +375,9 @@ def _newest_run(store: Any, failed: bool) -> str:
     if failed:
         summaries = [s for s in summaries if s.status == "error"]
     if not summaries:
-        raise click.ClickException("no failed runs in this store" if failed else "no runs yet")
+        raise click.ClickException(
+            f"no failed runs in {_where()}" if failed else f"no runs yet in {_where()}"
+        )
     return summaries[0].run_id
 
 
@@ -230,7 +388,7 @@ def _write(text: str) -> None:
 
 @main.command()
 @click.argument("run_id", required=False)
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--failed", is_flag=True, help="Without RUN_ID: the newest run that failed.")
 @click.option(
     "--format",
@@ -250,8 +408,7 @@ def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, chil
     from flowtrail.formats.tree import render_tree
 
     store = _store(store_url)
-    if run_id is None:
-        run_id = _newest_run(store, failed)
+    run_id = _newest_run(store, failed) if run_id is None else _run_id(store, run_id)
     status = Console(stderr=True)
     with status.status("reading the run…") if status.is_terminal else _nothing():
         data = _load_run(store, run_id, children)
@@ -282,7 +439,7 @@ def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, chil
 @main.command()
 @click.argument("run_id")
 @click.option("-o", "--output", "output", default=None, help="HTML file (default: RUN_ID.html).")
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option(
     "--children/--no-children", default=True, show_default=True, help="Include child runs."
 )
@@ -293,8 +450,10 @@ def report(run_id: str, output: str | None, store_url: str | None, children: boo
     from flowtrail.formats.html import render_html
 
     console = Console(stderr=True)
+    store = _store(store_url)
+    run_id = _run_id(store, run_id)
     with console.status("reading the run…") if console.is_terminal else _nothing():
-        data = _load_run(_store(store_url), run_id, children)
+        data = _load_run(store, run_id, children)
         page = render_html(data, run_id=run_id)
     target = Path(output or f"{run_id}.html")
     target.write_text(page, encoding="utf-8")
@@ -310,26 +469,38 @@ class _nothing:
 
 
 @main.command()
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--workflow", default=None, help="Across all runs of this workflow.")
-@click.option("--run", "run_id", default=None, help="One run.")
+@click.option("--run", "run_id", default=None, help="One run (its id or a unique prefix).")
+@_time_options("spans that started")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def stats(store_url: str | None, workflow: str | None, run_id: str | None, as_json: bool) -> None:
+def stats(
+    store_url: str | None,
+    workflow: str | None,
+    run_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    as_json: bool,
+) -> None:
     """Span statistics: count, min, p50, p95, max, mean, errors, success rate."""
     from flowtrail.formats.tree import duration_text
     from flowtrail.metrics import aggregate, metrics_dict
 
     store = _store(store_url)
+    if run_id is not None:
+        run_id = _run_id(store, run_id)
     if run_id is None and workflow is None:
         latest = store.runs(limit=1)
         if not latest:
-            raise click.ClickException("no runs in this store")
+            raise click.ClickException(f"no runs in {_where()}")
         workflow = latest[0].workflow_name
         if workflow is None:
             run_id = latest[0].run_id
     spans = store.spans(run_id=run_id, workflow=workflow if run_id is None else None)
+    spans = [s for s in spans if _in_range(s.start_time, since, until)]
     if not spans:
-        raise click.ClickException("no spans found")
+        scope = f"run {run_id}" if run_id else f"workflow {workflow!r}"
+        raise click.ClickException(f"no spans of {scope} found in {_where()}")
     metrics = aggregate(spans)
     if as_json:
         _write(msgspec.json.encode(metrics_dict(metrics)).decode() + "\n")
@@ -376,7 +547,7 @@ def stats(store_url: str | None, workflow: str | None, run_id: str | None, as_js
 
 @main.command()
 @click.argument("run_id", required=False)
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
 @click.option("--interval", default=0.5, show_default=True, help="Seconds between polls.")
 @click.option(
     "--idle-exit",
@@ -394,8 +565,10 @@ def tail(
     if run_id is None:
         latest = store.runs(limit=1)
         if not latest:
-            raise click.ClickException("no runs in this store yet")
+            raise click.ClickException(f"no runs in {_where()} yet")
         run_id = latest[0].run_id
+    else:
+        run_id = _run_id(store, run_id)
     click.echo(f"Following run {run_id} (Ctrl-C to stop)")
     seen_logs = seen_spans = 0
     last_new = time.monotonic()
@@ -421,14 +594,13 @@ def tail(
 
 @main.command()
 @click.argument("text", required=False)
-@click.option("--store", "store_url", default=None, help="Store URL or path.")
-@click.option("--run", "run_id", default=None, help="Only this run.")
+@click.option("--store", "store_url", default=None, help=_STORE_HELP)
+@click.option("--run", "run_id", default=None, help="Only this run (its id or a unique prefix).")
 @click.option("--workflow", default=None, help="Only this workflow.")
 @click.option(
     "--level", default=None, help="Minimum level (debug, info, warning, error, exception)."
 )
-@click.option("--since", default=None, help="ISO time, e.g. 2026-11-21T09:00:00+00:00.")
-@click.option("--until", default=None, help="ISO time.")
+@_time_options("records written")
 @click.option("--limit", default=200, show_default=True)
 def search(
     text: str | None,
@@ -436,13 +608,16 @@ def search(
     run_id: str | None,
     workflow: str | None,
     level: str | None,
-    since: str | None,
-    until: str | None,
+    since: datetime | None,
+    until: datetime | None,
     limit: int,
 ) -> None:
     """Find records by text and filters."""
+    store = _store(store_url)
+    if run_id is not None:
+        run_id = _run_id(store, run_id)
     try:
-        found = _store(store_url).search(
+        found = store.search(
             text,
             run_id=run_id,
             workflow=workflow,
@@ -454,7 +629,7 @@ def search(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not found:
-        click.echo("No records found.")
+        click.echo(f"No records found in {_where()}.")
         return
     console = _console()
     for r in found:

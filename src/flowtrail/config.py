@@ -7,11 +7,14 @@ Each setting is looked up in this order, first found wins:
 3. environment variables ``FLOWTRAIL_<KEY>`` (``FLOWTRAIL_TRACE_HANDLERS`` is JSON),
 4. ``flowtrail.toml`` (top-level keys) or ``[tool.flowtrail]`` in ``pyproject.toml``, the
    nearest one from the working directory upwards (or the file named by
-   ``FLOWTRAIL_CONFIG``),
+   ``FLOWTRAIL_CONFIG``); a relative ``log_dir`` (and handler ``path``/``spool_dir``)
+   there is relative to that file's folder,
 5. the defaults below.
 
 A wrong key or value raises `ConfigError` naming the key, the value, where it came from
-and what is accepted.
+and what is accepted. An environment variable ``FLOWTRAIL_*`` that is not a setting (nor
+``FLOWTRAIL_CONFIG`` or ``FLOWTRAIL_STORE``, the reading commands' default store) is
+ignored with a `ConfigWarning`, once per process.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -157,6 +161,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     #: of a trace agrees); the others keep warnings, errors and the spans on the path to
     #: an error. 1.0 (the default) records everything.
     sample_ratio: float = 1.0
+    #: On ``SIGTERM`` with the default disposition: end open spans as interrupted, record
+    #: that the run stopped, flush, then die of the signal (see `flowtrail.lifecycle`).
+    handle_signals: bool = True
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -179,6 +186,7 @@ _ACCEPTED: Final[dict[str, str]] = {
     "strict": "true or false",
     "exit_timeout": "a finite number of seconds >= 0",
     "sample_ratio": "a number from 0.0 to 1.0",
+    "handle_signals": "true or false",
 }
 
 
@@ -235,16 +243,49 @@ def _flowtrail_environ() -> list[tuple[str, str]]:
     return [(k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)]
 
 
+#: ``FLOWTRAIL_*`` variables that are not settings: the config file to read and the
+#: default store of the reading commands.
+OTHER_VARIABLES: Final = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}STORE")
+
+
+class ConfigWarning(UserWarning):
+    """Something in the configuration is ignored (an unknown ``FLOWTRAIL_*`` variable)."""
+
+
+_warned_variables: set[str] = set()
+
+
+def _warn_unknown_variable(name: str) -> None:
+    """Warn once per process about an environment variable that is no setting: a
+    variable set for another version or with a typo must not stop a workflow."""
+    if name in _warned_variables:
+        return
+    _warned_variables.add(name)
+    known = [f"{ENV_PREFIX}{key.upper()}" for key in SETTING_KEYS] + list(OTHER_VARIABLES)
+    # Compare what follows the prefix: every name shares it.
+    tails = {known_name[len(ENV_PREFIX) :]: known_name for known_name in known}
+    close = difflib.get_close_matches(name[len(ENV_PREFIX) :], list(tails), n=1)
+    hint = f"; did you mean {tails[close[0]]}?" if close else f"; known: {', '.join(known)}"
+    warnings.warn(
+        f"flowtrail: ignoring the environment variable {name}, which is not a setting{hint}",
+        ConfigWarning,
+        stacklevel=2,
+    )
+
+
 def read_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The settings given as ``FLOWTRAIL_*`` environment variables."""
+    """The settings given as ``FLOWTRAIL_*`` environment variables. A variable that is
+    not a setting (nor one of `OTHER_VARIABLES`) is ignored with a `ConfigWarning`,
+    once per process."""
     items = _flowtrail_environ() if environ is None else list(environ.items())
     found: dict[str, Any] = {}
     for name, raw in items:
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if key not in SETTING_KEYS:
-            raise unknown_key_error(key, f"the environment variable {name}", SETTING_KEYS)
+            _warn_unknown_variable(name)
+            continue
         found[key] = _parse_env_value(key, raw)
     return found
 
@@ -334,10 +375,41 @@ def read_config_files(start: Path | None = None) -> list[tuple[str, dict[str, An
         for key in table:
             if key not in SETTING_KEYS:
                 raise unknown_key_error(key, str(path), SETTING_KEYS)
-        layers.append((str(path), table))
+        layers.append((str(path), _paths_relative_to(table, path.resolve().parent)))
     stamps = tuple(_stamp(p) for p in folders) + tuple(_stamp(Path(path)) for path, _ in layers)
     _file_cache[cache_key] = (stamps, layers)
     return layers
+
+
+#: Options of handler tables that are paths.
+_PATH_OPTIONS: Final = ("path", "spool_dir")
+
+
+def _paths_relative_to(table: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``table`` with a relative ``log_dir``, and the relative ``path``/``spool_dir`` of
+    its handler tables, made absolute from ``folder`` (the config file's): one project
+    reads and writes one store from any working directory."""
+    fixed = dict(table)
+    log_dir = fixed.get("log_dir")
+    if isinstance(log_dir, str) and log_dir and not os.path.isabs(log_dir):
+        fixed["log_dir"] = os.path.normpath(folder / os.path.expanduser(log_dir))
+    handlers = fixed.get("trace_handlers")
+    if isinstance(handlers, list):
+        fixed["trace_handlers"] = [
+            {
+                key: os.path.normpath(folder / value)
+                if key in _PATH_OPTIONS
+                and isinstance(value, str)
+                and value not in ("", ":memory:")
+                and not os.path.isabs(os.path.expanduser(value))
+                else value
+                for key, value in spec.items()
+            }
+            if isinstance(spec, dict)
+            else spec
+            for spec in handlers
+        ]
+    return fixed
 
 
 def read_config_file(start: Path | None = None) -> tuple[dict[str, Any], str | None]:
@@ -448,19 +520,19 @@ def resolve_settings(
             check_extras_key(key)
     file_layers = read_config_files()
     env_values = read_env()
-    key = None
+    cache_key: tuple[Any, ...] | None = None
     if "trace_handlers" not in arguments and "trace_handlers" not in from_extras:
         try:
-            key = (
+            cache_key = (
                 tuple(sorted(arguments.items())),
                 tuple(sorted(from_extras.items())),
                 tuple(sorted((k, str(v)) for k, v in env_values.items())),
                 msgspec.json.encode(file_layers),
             )
-            hash(key)
+            hash(cache_key)
         except TypeError:
-            key = None
-    if key is not None and (cached := _settings_cache.get(key)) is not None:
+            cache_key = None
+    if cache_key is not None and (cached := _settings_cache.get(cache_key)) is not None:
         return cached
     settings = validate_settings(
         [
@@ -470,11 +542,11 @@ def resolve_settings(
             *file_layers,
         ]
     )
-    if key is not None:
+    if cache_key is not None:
         if len(_settings_cache) > 256:
             _settings_cache.clear()
-        _settings_cache[key] = settings
+        _settings_cache[cache_key] = settings
     return settings
 
 
-_settings_cache: dict[Any, Settings] = {}
+_settings_cache: dict[tuple[Any, ...], Settings] = {}

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
 UTC: Final = _dt.timezone.utc
@@ -77,11 +77,21 @@ def safe_run_id(text: str) -> str:
     return cleaned
 
 
-def cut_id(run_id: str, *, num: int = 8) -> str:
-    """A short form of a run id for text lines: long ids keep their head and tail."""
-    if len(run_id) <= 12 + num:
+#: Run ids up to this many characters are shown whole in text lines (generated ids,
+#: ``<prefix>-YYYYmmddTHHMMSS-<8 hex>``, are 25 plus their prefix).
+WHOLE_ID_CHARS: Final = 40
+#: Joins the head and tail of a longer id; ``flowtrail show head…tail`` accepts the form.
+CUT_MARK: Final = "…"
+
+
+def cut_id(run_id: str, *, num: int = 12) -> str:
+    """The run id for text lines: whole up to `WHOLE_ID_CHARS` characters, so a person
+    can paste it into ``flowtrail show``; a longer id keeps its head and its last ``num``
+    characters around `CUT_MARK`, a form `flowtrail.runids.resolve_run_id` accepts."""
+    if len(run_id) <= WHOLE_ID_CHARS:
         return run_id
-    return f"{run_id[:12]}…{run_id[-num:]}"
+    head = WHOLE_ID_CHARS - num - 1
+    return f"{run_id[:head]}{CUT_MARK}{run_id[-num:]}"
 
 
 def make_cut_id(run_id: str, parent_run_id: str | None) -> str:
@@ -215,8 +225,34 @@ class RunContext:
     overrides: Any = None
 
 
+class ActiveContext(Protocol):
+    """What readers of `current_run` may use: a `RunContext`, or an open span
+    (`flowtrail.spans.LiveSpan`), which is the run context of the code inside it."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def parent_run_id(self) -> str | None: ...
+    @property
+    def trace_id(self) -> str | None: ...
+    @property
+    def span_id(self) -> str | None: ...
+    @property
+    def parent_span_id(self) -> str | None: ...
+    @property
+    def fields(self) -> tuple[tuple[str, Any], ...]: ...
+    @property
+    def live(self) -> Any: ...
+    @property
+    def sampled(self) -> bool: ...
+    @property
+    def baggage(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def overrides(self) -> Any: ...
+
+
 #: The run (and span) active in this thread or task; set by `Trace` and spans.
-current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+current_run: contextvars.ContextVar[ActiveContext | None] = contextvars.ContextVar(
     "flowtrail_current_run", default=None
 )
 #: The trace (`flowtrail.trace.Trace`) whose ``with`` block is active in this thread or

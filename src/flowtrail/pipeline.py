@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat, starmap
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from flowtrail.records import sanitized
 from flowtrail.spool import Spool
@@ -67,6 +67,13 @@ class Exporter(Protocol):
 
     def after_fork(self) -> None:
         """Forget the parent's files, connections and locks."""
+
+
+class NowaitExporter(Exporter, Protocol):
+    """An exporter of a local store that a caller's thread may write through."""
+
+    def export_nowait(self, batch: Sequence[Any]) -> None:
+        """Write the batch at once: one attempt, no retries, no waiting for a lock."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,40 @@ class _Marker:
         self.event = threading.Event()
 
 
+#: Signals flowtrail's threads never take: a process-directed signal (SIGTERM from a
+#: scheduler, a stage's SIGALRM) must reach a thread of the program, or a main thread
+#: blocked in a system call would never see its Python handler run.
+_BLOCKED_IN_THREADS = frozenset(signal.valid_signals()) - {
+    signal.SIGKILL,
+    signal.SIGSTOP,
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGFPE,
+    signal.SIGILL,
+    signal.SIGABRT,
+}
+
+
+def start_thread(target: Callable[[], Any], name: str) -> threading.Thread:
+    """Start a daemon thread of flowtrail's, with every asynchronous signal blocked in it
+    (it inherits the mask from this thread, which blocks them only while it starts it)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_IN_THREADS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
+
+
+class Lockable(Protocol):
+    """A lock (`threading.Lock` or `threading.RLock`)."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class _Waker:
     """Wakes the worker. ``set`` is one release of a plain lock, so it is safe from a
     signal handler that interrupted the same thread inside ``set`` (`threading.Event`
@@ -158,6 +199,26 @@ class _Waker:
 
     def clear(self) -> None:
         self._lock.acquire(blocking=False)
+
+
+#: Signal handlers known never to raise (flowtrail's own SIGTERM handler registers
+#: itself here). `signal.default_int_handler` (``KeyboardInterrupt``) is accepted too.
+BENIGN_HANDLERS: set[Any] = {signal.default_int_handler}
+
+
+def raising_handlers_installed() -> bool:
+    """Whether a Python signal handler that may raise is installed. A caller's thread
+    with one does not write batches itself: an exception raised between a write and the
+    note that it was done would make the batch look unwritten (and written twice). The
+    worker thread never runs signal handlers."""
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and handler not in BENIGN_HANDLERS:
+            return True
+    return False
 
 
 def _signal_handler_codes() -> set[Any]:
@@ -264,7 +325,7 @@ class Pipeline:
         # while this thread writes sees the lock is its own and leaves the store alone.
         self._export_lock = threading.RLock()
         self._drain_lock = threading.RLock()
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()
         self._worker: threading.Thread | None = None
         self._pid = os.getpid()
         self._next_replay = 0.0
@@ -272,7 +333,7 @@ class Pipeline:
         self._queued_bytes = 0
         self._bytes_lock = threading.RLock()
         #: Records taken from the queue and not yet written or spooled.
-        self._inflight: list[Any] | None = None
+        self._inflight: Sequence[Any] | None = None
         #: ``stats.exported`` when a write on the caller's thread failed: callers leave
         #: the store to the worker until it has made progress.
         self._caller_paused_at = -1
@@ -401,6 +462,7 @@ class Pipeline:
             not self._caller_runs
             or self._caller_paused_at == self.stats.exported
             or drain._is_owned()  # type: ignore[attr-defined]
+            or raising_handlers_installed()
         ):
             return False
         try:
@@ -420,12 +482,13 @@ class Pipeline:
             batch = self._take(self.options.batch_size)
             if not batch:
                 return False  # a flush marker is next: the worker handles it
-            self.exporter.export_nowait(batch)  # type: ignore[attr-defined]
+            # Reached only when ``_caller_runs``: the exporter has ``export_nowait``.
+            cast(NowaitExporter, self.exporter).export_nowait(batch)
         except BaseException as exc:
             # First put back what was not written, with as little work as possible
             # before it: another signal may land in this block too.
-            if exc.__class__ is PartialExport:
-                self._inflight = exc.failed  # type: ignore[attr-defined]
+            if type(exc) is PartialExport:
+                self._inflight = exc.failed
             self._recover_inflight()
             failed: Sequence[Any] = batch
             cause: BaseException = exc
@@ -472,18 +535,21 @@ class Pipeline:
 
     def _start(self) -> None:
         # Not waiting for the lock: the thread holding it (maybe this one, interrupted
-        # by a signal handler that logs) is starting the worker.
-        if not self._start_lock.acquire(blocking=False):
+        # by a signal handler that logs) is starting the worker. Released by owner, as in
+        # `_write_on_caller`.
+        lock = self._start_lock
+        if lock._is_owned():  # type: ignore[attr-defined]
             return
         try:
+            if not lock.acquire(blocking=False):
+                return
             if self._worker is not None and self._worker.is_alive():
                 return
             self._stop.clear()
-            worker = threading.Thread(target=self._run, name=f"flowtrail:{self.name}", daemon=True)
-            self._worker = worker
-            worker.start()
+            self._worker = start_thread(self._run, f"flowtrail:{self.name}")
         finally:
-            self._start_lock.release()
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every record handed in before this call is written or spooled.
@@ -871,6 +937,10 @@ class Pipeline:
         return True
 
     # ------------------------------------------------------------------ process events
+    def _fork_locks(self) -> list[Lockable]:
+        """This pipeline's locks in the order its threads take them (see `fork_locks`)."""
+        return [self._drain_lock, self._export_lock, self.spool._lock]
+
     def _after_fork_in_child(self) -> None:
         self._init_runtime()
         self.spool.forget_after_fork()
@@ -957,6 +1027,17 @@ def _at_exit() -> None:
             pipeline._shutdown(deadline)
         except Exception:
             pass
+
+
+def fork_locks() -> list[Lockable]:
+    """Every lock a fork must not copy while another thread holds it, in an order that
+    cannot deadlock with the threads taking them: `flowtrail.lifecycle` holds them across
+    ``os.fork()`` so that no thread is inside an exporter (an SQLite call, a half-written
+    spool file) when the child is made."""
+    locks: list[Lockable] = [_registry_lock]
+    for pipeline in all_pipelines():
+        locks += pipeline._fork_locks()
+    return [*locks, _report_lock]
 
 
 def _after_fork_in_child() -> None:

@@ -322,6 +322,7 @@ def json_safe(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
         if len(_seen) >= 100:
             return "<nested too deep>"
         seen = _seen | {id(value)}
+        out: dict[str, Any] | list[Any]
         if isinstance(value, dict):
             out = {
                 clean_text(k if isinstance(k, str) else str(k)): json_safe(v, seen)
@@ -335,7 +336,7 @@ def json_safe(value: Any, _seen: frozenset[int] = frozenset()) -> Any:
             same = isinstance(value, list) and all(
                 a is b for a, b in zip(items, value, strict=True)
             )
-            out = items  # type: ignore[assignment]
+            out = items
         return value if same else out
     if isinstance(value, msgspec.Struct):
         return sanitized(value)

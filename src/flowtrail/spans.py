@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from flowtrail.context import (
     Clock,
@@ -28,6 +28,7 @@ from flowtrail.context import (
     host_info,
     new_span_id,
 )
+from flowtrail.lifecycle import INTERRUPTED, on_fork_child
 from flowtrail.records import Span, SpanEvent
 
 
@@ -55,12 +56,17 @@ class SpanOwner(Protocol):
         """Tell the synchronous handlers that ``live`` opened."""
         ...
 
-    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
+    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span | None:
         """Close ``live`` (with the exception that left it) and hand the span on."""
         ...
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Spans open in this process, oldest first: a signal that stops the process ends them
+#: (`end_open_spans`). A dict, for an insert and a removal that cost next to nothing.
+_OPEN: dict[LiveSpan, None] = {}
+_GONE: Any = object()
 
 #: Span kinds that name the job or stage of the records inside them.
 JOB_KINDS = frozenset({"job"})
@@ -92,12 +98,21 @@ class LiveSpan:
         "start_ns",
         "start_time",
         "_perf",
+        "_epoch_ns",
         "_cpu",
         "memory_start_mb",
         "_token",
         "baggage",
         "_owns_attributes",
     )
+
+    # Declared here because `__init__` sets some of them from another span's.
+    trace_id: str
+    sampled: bool
+    baggage: tuple[tuple[str, str], ...]
+    names: dict[str, str]
+    fields: tuple[tuple[str, Any], ...]
+    _overrides: dict[str, Any] | None
 
     def __init__(
         self,
@@ -116,7 +131,7 @@ class LiveSpan:
         self.attributes = attributes
         self._owns_attributes = False
         self.events: list[SpanEvent] = []
-        self.status = "ok"
+        self.status: Literal["ok", "error"] = "ok"
         self.status_message: str | None = None
         self.span_id = new_span_id()
         if parent is not None:
@@ -125,7 +140,7 @@ class LiveSpan:
             self.sampled = parent.sampled
             self.root: LiveSpan = parent.root
             self.baggage = parent.baggage
-            names = dict(parent.names)
+            names: dict[str, str] = dict(parent.names)
         else:
             self.trace_id = trace.trace_id
             self.parent_span_id = remote.span_id if remote is not None else None
@@ -143,10 +158,15 @@ class LiveSpan:
         self.names = names
         #: Finished spans of an unsampled trace, kept by its local root until it ends.
         self.pending: list[Span] | None = None if self.sampled else []
-        self.start_ns = time.time_ns()
-        # Read next to start_ns: end_ns is start_ns plus the wall time from here, so any
-        # gap between the two readings would end the span before what happened inside it.
         self._perf = time.perf_counter_ns()
+        # The times of a span tree (starts, ends, events) all come from the perf counter,
+        # placed on the wall clock once, at its root: two clocks read one after the other
+        # (a thread may be preempted between the reads) could end a span before what
+        # happened inside it, or a child after its parent.
+        self._epoch_ns: int = (
+            parent._epoch_ns if parent is not None else time.time_ns() - self._perf
+        )
+        self.start_ns = self._epoch_ns + self._perf
         self.start_time = trace._clock.now()
         self._cpu = time.process_time_ns()
         self.memory_start_mb = Memory.rss_mb()
@@ -167,13 +187,17 @@ class LiveSpan:
             self._owns_attributes = True
         return self.attributes
 
+    def now_ns(self) -> int:
+        """Now, in nanoseconds since the epoch, on the clock of this span's times."""
+        return self._epoch_ns + time.perf_counter_ns()
+
     def add_event(self, name: str, **attributes: Any) -> None:
         """Record something that happened now, inside this span."""
         self.events.append(
             SpanEvent(
                 name=name,
                 time=self.trace._clock.now(),
-                time_ns=time.time_ns(),
+                time_ns=self.now_ns(),
                 attributes=attributes,
             )
         )
@@ -184,7 +208,7 @@ class LiveSpan:
             SpanEvent(
                 name="exception",
                 time=self.trace._clock.now(),
-                time_ns=time.time_ns(),
+                time_ns=self.now_ns(),
                 level="exception",
                 attributes={
                     "exception.type": type(exc).__qualname__,
@@ -198,9 +222,12 @@ class LiveSpan:
 
     def set_status(self, status: str, message: str | None = None) -> None:
         """Mark the span ``ok`` or ``error`` (an exception leaving it sets ``error``)."""
-        if status not in ("ok", "error"):
+        if status == "ok":
+            self.status = "ok"
+        elif status == "error":
+            self.status = "error"
+        else:
             raise ValueError(f"span status must be 'ok' or 'error', got {status!r}")
-        self.status = status
         self.status_message = message
 
     def traceparent(self) -> str:
@@ -240,17 +267,22 @@ class LiveSpan:
         # attribute of `RunContext`, so opening a span makes no second object.
         self.fields = context.fields if context is not None else ()
         self._overrides = None
-        self._token = current_run.set(self)  # type: ignore[arg-type]
+        self._token = current_run.set(self)
+        _OPEN[self] = None
         if self.trace._sync:
             self.trace._span_started(self)
 
-    def _finish(self, exc: BaseException | None) -> Span:
+    def _finish(self, exc: BaseException | None) -> Span | None:
+        """The finished span, or None if it is not open in this process: a signal ended
+        it already, or it was opened before a fork (the parent ends it)."""
         token, self._token = self._token, None
         if token is not None:
             try:
                 current_run.reset(token)
             except ValueError:  # ended in another context (e.g. another task)
                 pass
+        if _OPEN.pop(self, _GONE) is _GONE:
+            return None
         wall_ns = time.perf_counter_ns() - self._perf
         cpu_ns = time.process_time_ns() - self._cpu
         if exc is not None:
@@ -272,7 +304,7 @@ class LiveSpan:
             self.start_ns,
             self.start_ns + wall_ns,
             wall_ns / 1e6,
-            self.status,  # type: ignore[arg-type]
+            self.status,
             self.status_message,
             self.attributes,
             self.events,
@@ -290,12 +322,35 @@ class LiveSpan:
         )
 
 
+def open_spans() -> list[LiveSpan]:
+    """The spans open in this process (every thread), newest first."""
+    return list(reversed(list(_OPEN)))
+
+
+def end_open_spans(signal_name: str) -> None:
+    """End every open span, newest (innermost) first, as ``error`` with the
+    ``interrupted`` attribute and event naming the signal that stopped the process."""
+    for live in open_spans():
+        live.set_attribute(INTERRUPTED, signal_name)
+        live.add_event(INTERRUPTED, signal=signal_name)
+        live.status = "error"
+        live.status_message = f"interrupted by {signal_name}"
+        live.trace._end_span(live, None)
+
+
+def _forget_open_spans() -> None:
+    # A forked child's copies of the parent's open spans are the parent's to end.
+    _OPEN.clear()
+
+
+on_fork_child(_forget_open_spans)
+
 _HOSTNAME: list[str | None] = [None]
 
 
 def _hostname() -> str:
-    _HOSTNAME[0] = host_info().hostname
-    return _HOSTNAME[0]
+    hostname = _HOSTNAME[0] = host_info().hostname
+    return hostname
 
 
 def path_to_errors(spans: list[Span]) -> list[Span]:
@@ -398,7 +453,7 @@ class SpanScope:
                 trace._end_span(live, None)
                 return result
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -411,4 +466,4 @@ class SpanScope:
             trace._end_span(live, None)
             return result
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)

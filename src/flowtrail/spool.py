@@ -223,7 +223,12 @@ class Spool:
             if entry is None:
                 path = self._new_path(kind, ".open")
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                entry = self._open[kind] = (path, fd)
+                entry = self._open.setdefault(kind, (path, fd))
+                if entry[1] != fd:
+                    # A signal handler that logged opened one meanwhile (re-entrant lock):
+                    # keep one file, or the other would never be sealed.
+                    os.close(fd)
+                    path.unlink(missing_ok=True)
             view = memoryview(line)
             while view:
                 view = view[os.write(entry[1], view) :]

@@ -19,15 +19,17 @@ import threading
 import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import msgspec
 
 from flowtrail.config import ConfigError, Settings, mask_text, resolve_settings
 from flowtrail.context import (
+    ActiveContext,
     Pid,
     RunContext,
     TraceParent,
@@ -51,13 +53,20 @@ from flowtrail.handlers import (
     check_run_id,
     make_handler,
 )
+from flowtrail.lifecycle import (
+    INTERRUPTED,
+    install_signal_handlers,
+    on_child_exit,
+    on_fork_child,
+    on_terminate,
+)
 from flowtrail.logrecords import record_level
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent, json_safe
-from flowtrail.spans import LiveSpan, SpanScope, path_to_errors
+from flowtrail.spans import LiveSpan, SpanScope, end_open_spans, open_spans, path_to_errors
 
 _getframe = sys._getframe
-_time_ns = time.time_ns
+_perf_counter_ns = time.perf_counter_ns
 _get_ident = threading.get_ident
 _replace = msgspec.structs.replace
 _basenames: dict[str, str] = {}
@@ -66,6 +75,10 @@ _basenames: dict[str, str] = {}
 _global_handlers: list[tuple[BaseHandler, ...]] = [()]
 #: The trace whose ``with`` block is active in this context (for the stdlib bridge).
 _active = current_trace
+#: Traces whose ``with`` block was entered, and the process that entered it: the end of
+#: a process that never leaves the block (a signal, a multiprocessing child) releases the
+#: records the block holds.
+_in_block: weakref.WeakKeyDictionary[Trace, int] = weakref.WeakKeyDictionary()
 #: Buffered records handed to the pipelines early once this many are held.
 _BUFFER_LIMIT = 10_000
 
@@ -234,14 +247,15 @@ def _level_method(level: str) -> Any:
     return method
 
 
-def _in_span(record: Metadata, context: RunContext) -> Metadata:
+def _in_span(record: Metadata, context: ActiveContext) -> Metadata:
     """The record with the open span's ids and names, attached to the span as an event."""
     record = _replace(record, **context.overrides)
-    context.live.events.append(
+    live = context.live
+    live.events.append(
         SpanEvent(
             name="log",
             time=record.datetime,
-            time_ns=_time_ns(),
+            time_ns=live._epoch_ns + _perf_counter_ns(),  # `LiveSpan.now_ns`, inlined
             level=record.level,
             attributes={"message": record.message, "lineno": record.lineno},
         )
@@ -326,6 +340,8 @@ class Trace:
         }
         self._clock = clock_for(self.settings.log_tz)
         set_exit_timeout(self.settings.exit_timeout)
+        if self.settings.handle_signals:
+            install_signal_handlers()
         self._min_level = LEVELS[self.settings.log_level]
         if not self.sampled:  # an unsampled trace keeps warnings and errors only
             self._min_level = max(self._min_level, LEVELS["warning"])
@@ -568,8 +584,10 @@ class Trace:
             for handler in self._sync:
                 handler.span_started(live)
 
-    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span:
+    def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span | None:
         span = live._finish(exc)
+        if span is None:  # ended by a signal, or opened in the parent before a fork
+            return None
         if span.sampled:
             if self._direct and not _global_handlers[0]:
                 for pipeline in self._pipes:
@@ -645,6 +663,7 @@ class Trace:
             fields=tuple(self._fields.items()),
         )
         self._tokens.append((_active.set(self), current_run.set(context)))
+        _in_block[self] = Pid.value
         return self
 
     def __exit__(
@@ -654,7 +673,7 @@ class Trace:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc is not None:
+            if exc is not None and not _normal_exit(exc):
                 record = self._make(f"{type(exc).__qualname__}: {exc}", "exception", 2, exc)
                 if record is not None and tb is not None:
                     # The line in the block that raised, not the line of the ``with``.
@@ -672,6 +691,11 @@ class Trace:
                 except ValueError:  # exited in another context
                     pass
             self.flush()
+
+
+def _normal_exit(exc: BaseException) -> bool:
+    """``sys.exit()`` / ``sys.exit(0)``: leaving the block, not a failure."""
+    return isinstance(exc, SystemExit) and exc.code in (None, 0)
 
 
 def get_trace(
@@ -692,6 +716,60 @@ def get_trace(
     ``tags`` and ``metadata`` in ``extras`` go on every record.
     """
     return Trace(run_id, parent_run_id, handlers=handlers, extras=extras, **settings)
+
+
+def _stop_runs(signal_name: str, frame: FrameType | None) -> None:
+    """What a signal that stops the process does to the runs in progress (registered with
+    `flowtrail.lifecycle`): each trace with open spans or inside its ``with`` block hands
+    the records it holds to its handlers and records, at level error inside its innermost
+    open span, that the run was stopped; then every open span ends as interrupted."""
+    traces: dict[Any, LiveSpan | None] = {}
+    for live in open_spans():  # newest first: a trace's first is its innermost
+        traces.setdefault(live.trace, live)
+    _release_held_records()
+    for trace, entered_by in list(_in_block.items()):
+        # A block entered by the parent before a fork is the parent's run, not this one.
+        if trace._tokens and entered_by == Pid.value:
+            traces.setdefault(trace, None)
+    for trace, innermost in traces.items():
+        trace._release_buffer(keep_holding=False)
+        now = trace._clock.now()
+        record = _replace(
+            trace._templates["error"],
+            message=f"[WORKFLOW]: stopped by {signal_name}",
+            datetime=now,
+            created_at=now,
+            process=Pid.value,
+            thread=_get_ident(),
+            filename=_basename(frame.f_code.co_filename) if frame is not None else "",
+            lineno=frame.f_lineno if frame is not None else 0,
+            metadata={**trace._template.metadata, INTERRUPTED: signal_name},
+        )
+        if innermost is not None:
+            record = _in_span(record, innermost)
+        trace._submit(record)
+    end_open_spans(signal_name)
+
+
+def _release_held_records() -> None:
+    """Hand the records held by open ``with`` blocks to the handlers (a process that ends
+    without leaving its blocks)."""
+    for trace in list(_in_block):
+        trace._release_buffer()
+
+
+def _forget_parent_records() -> None:
+    """In a forked child: the records a ``with`` block held at the fork are the parent's
+    to write; the child's go on from an empty buffer."""
+    for trace in list(_in_block):
+        trace._buffer_lock = threading.RLock()  # another thread may have held it
+        if trace._buffer:
+            trace._buffer = []
+
+
+on_terminate(_stop_runs)
+on_child_exit(_release_held_records)
+on_fork_child(_forget_parent_records)
 
 
 def shutdown(timeout: float | None = 30.0) -> bool:

@@ -4,6 +4,7 @@ that makes ``logger.addHandler(FileHandler(run_id=..., ...))`` work (seeds 002/0
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 import os
@@ -92,7 +93,7 @@ class BaseHandler(logging.Handler):
     #: The ``type`` value naming this handler in configuration.
     type: ClassVar[str] = ""
     #: Its options.
-    Config: ClassVar[type[HandlerConfig]] = HandlerConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = HandlerConfig
     #: Written on the caller's thread (console, memory) rather than through a pipeline.
     synchronous: ClassVar[bool] = False
     #: Writes to this machine's disk (file, SQLite): a full queue may make the caller
@@ -138,8 +139,9 @@ class BaseHandler(logging.Handler):
         try:
             config = msgspec.convert({"type": cls.type, **data}, cls.Config, strict=False)
         except msgspec.ValidationError as exc:
-            key, reason = describe_validation_error(exc, data, cls.accepted_texts())
-            raise cls.option_error(key, data.get(key), reason) from None
+            bad_key, reason = describe_validation_error(exc, data, cls.accepted_texts())
+            value = data.get(bad_key) if bad_key is not None else None
+            raise cls.option_error(bad_key, value, reason) from None
         cls.check_config(config)
         return config
 
@@ -351,6 +353,8 @@ class BaseHandler(logging.Handler):
             pipeline = self._direct_pipeline = self.bound(settings).pipeline(settings.strict)
         pipeline.submit(meta)
 
+    # Extends `logging.Handler.flush` (which returns None) with a deadline and a result:
+    # part of this handler's public interface, and harmless to logging, which ignores it.
     def flush(self, timeout: float | None = 30.0) -> bool:  # type: ignore[override]
         """Wait until records handed to this handler's pipelines (its own, and those of
         traces using an equal handler) are written. Starts no pipeline: a handler that
@@ -457,6 +461,13 @@ class StoreReader:
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         """One summary per run, newest first."""
         raise NotImplementedError
+
+    def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """The ids of the runs whose id starts with ``prefix`` (all with ``""``), sorted,
+        at most ``limit``. Cheap: it does not read the runs' records. See
+        `flowtrail.runids.resolve_run_id` to turn a prefix typed by a person into an id."""
+        found = sorted(s.run_id for s in self.runs() if s.run_id.startswith(prefix))
+        return found[:limit] if limit is not None else found
 
     def spans(
         self,

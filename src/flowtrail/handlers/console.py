@@ -3,6 +3,7 @@ to stderr and the rest to stdout."""
 
 from __future__ import annotations
 
+import builtins
 import sys
 from typing import Any, ClassVar
 
@@ -32,7 +33,7 @@ class ConsoleHandler(BaseHandler):
     """Print each record as a line: stdout, and stderr for errors."""
 
     type: ClassVar[str] = "console"
-    Config: ClassVar[type[HandlerConfig]] = ConsoleConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = ConsoleConfig
     synchronous: ClassVar[bool] = True
     accepted: ClassVar[dict[str, str]] = {"format": "a str.format string over record fields"}
 

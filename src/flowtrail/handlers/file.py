@@ -17,6 +17,7 @@ lines twice.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import stat
@@ -73,7 +74,7 @@ class FileHandler(BaseHandler, StoreReader):
     """Write each run to its own directory of text and JSON-lines files; read runs back."""
 
     type: ClassVar[str] = "file"
-    Config: ClassVar[type[HandlerConfig]] = FileConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = FileConfig
     local: ClassVar[bool] = True
     accepted: ClassVar[dict[str, str]] = {
         "path": "a directory path",
@@ -182,19 +183,23 @@ class FileHandler(BaseHandler, StoreReader):
         """Append each payload to its descriptor (``O_APPEND``). If any write fails, every
         file is truncated back to where this call's bytes started, then the error is
         raised: the records are then in none of the files."""
-        done: list[list[int]] = []  # [fd, bytes written]
+        done: list[tuple[int, list[int]]] = []  # (fd, sizes of its writes)
         try:
             for fd, data in writes:
-                entry = [fd, 0]
-                done.append(entry)
+                counts: list[int] = []
+                done.append((fd, counts))
                 view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    entry[1] += written
-                    view = view[written:]
+                total = len(view)
+                written = 0
+                while written < total:
+                    # extend() calls os.write and keeps its result in one C call: an
+                    # exception a signal handler raises right after the write cannot
+                    # land between the write and the count of what it wrote.
+                    counts.extend(map(os.write, (fd,), (view[written:],)))
+                    written = sum(counts)
         except BaseException:  # a full disk, or a signal handler's exception mid-write
-            for fd, count in done:
-                _truncate_own(fd, count)
+            for fd, counts in done:
+                _truncate_own(fd, sum(counts))
             raise
 
     def export(self, batch: Sequence[Any]) -> None:
@@ -447,6 +452,20 @@ class FileHandler(BaseHandler, StoreReader):
                 summaries.append(summary)
         summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
         return summaries[:limit] if limit is not None else summaries
+
+    def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """The ids of the runs whose id starts with ``prefix``, sorted (from the folder
+        names: no file is read)."""
+        self._flush_own()
+        if not self.base.is_dir():
+            return []
+        head = f"run_id={prefix}"
+        found = sorted(
+            entry.name[len("run_id=") :]
+            for entry in os.scandir(self.base)
+            if entry.name.startswith(head) and entry.is_dir()
+        )
+        return found[:limit] if limit is not None else found
 
     def spans(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections import deque
 from typing import Annotated, Any, ClassVar
@@ -28,7 +29,7 @@ class MemoryHandler(BaseHandler):
     """
 
     type: ClassVar[str] = "memory"
-    Config: ClassVar[type[HandlerConfig]] = MemoryConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = MemoryConfig
     synchronous: ClassVar[bool] = True
 
     config: MemoryConfig

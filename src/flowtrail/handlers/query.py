@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary, Span, parse_iso
+from flowtrail.timeparse import parse_time_filter
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -45,7 +46,8 @@ def check_level(level: str | None) -> int | None:
 
 class RecordFilter:
     """A predicate over records: text (case-insensitive, in the message or the exception),
-    run, workflow, minimum level and a time range."""
+    run, workflow, minimum level and a time range (see `flowtrail.timeparse`; a bad
+    time raises `TimeFilterError`)."""
 
     def __init__(
         self,
@@ -61,8 +63,8 @@ class RecordFilter:
         self.run_id = run_id
         self.workflow = workflow
         self.min_level = check_level(level)
-        self.since = parse_time(since) if since is not None else None
-        self.until = parse_time(until) if until is not None else None
+        self.since = parse_time_filter(since, name="since") if since is not None else None
+        self.until = parse_time_filter(until, name="until") if until is not None else None
 
     def __call__(self, record: Metadata) -> bool:
         if self.run_id is not None and record.run_id != self.run_id:

@@ -17,6 +17,7 @@ returns True survives a power loss too (see benchmarks/README.md for its cost).
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import sqlite3
@@ -44,6 +45,7 @@ from flowtrail.records import (
     SpanEvent,
     TraceData,
 )
+from flowtrail.timeparse import parse_time_filter
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
 _JSON_COLUMNS = {"tags", "metadata"}
@@ -150,7 +152,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
     """Store records in an embedded SQLite database; read runs back with SQL."""
 
     type: ClassVar[str] = "sqlite"
-    Config: ClassVar[type[HandlerConfig]] = SQLiteConfig
+    Config: ClassVar[builtins.type[HandlerConfig]] = SQLiteConfig
     local: ClassVar[bool] = True
     accepted: ClassVar[dict[str, str]] = {
         "path": "a database file path",
@@ -427,6 +429,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         include_children: bool = True,
         text: bool = True,
     ) -> TraceData:
+        params: tuple[str, ...]
         if include_children:
             where, params = "run_id = ? OR parent_run_id = ?", (run_id, run_id)
             meta = sort_by_time(self._select(where, params))
@@ -511,8 +514,8 @@ class SQLiteHandler(BaseHandler, StoreReader):
                 if needle in r.message.lower() or needle in (r.exception_message or "").lower()
             ]
         if since is not None or until is not None:
-            low = parse_time(since) if since is not None else None
-            high = parse_time(until) if until is not None else None
+            low = parse_time_filter(since, name="since") if since is not None else None
+            high = parse_time_filter(until, name="until") if until is not None else None
             found = [
                 r
                 for r in found
@@ -569,6 +572,34 @@ class SQLiteHandler(BaseHandler, StoreReader):
                 span_status=root_status.get(row[0]),
             )
         return _select_runs(list(summaries.values()), workflow, limit)
+
+    def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """The ids of the runs whose id starts with ``prefix``, sorted: one index seek per
+        id found (records and spans), so a prefix costs nothing on a large run."""
+        conn = self._reader()
+        found: set[str] = set()
+        try:
+            for table in (self.table, f"{self.table}_spans"):
+                run_id: str | None = None
+                count = 0
+                while limit is None or count < limit:
+                    run_id = _next_id(conn, table, run_id, prefix)
+                    if run_id is None or not run_id.startswith(prefix):
+                        break
+                    found.add(run_id)
+                    count += 1
+        finally:
+            conn.close()
+        return sorted(found)[:limit] if limit is not None else sorted(found)
+
+
+def _next_id(conn: sqlite3.Connection, table: str, after: str | None, low: str) -> str | None:
+    """The smallest run id of ``table`` that is >= ``low`` and > ``after`` (an index seek)."""
+    if after is None:
+        row = conn.execute(f"SELECT MIN(run_id) FROM {table} WHERE run_id >= ?", (low,))
+    else:
+        row = conn.execute(f"SELECT MIN(run_id) FROM {table} WHERE run_id > ?", (after,))
+    return row.fetchone()[0]
 
 
 def _select_runs(
