@@ -434,7 +434,7 @@ def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, chil
     if fmt == "json":
         _write(run_json(data, run_id=run_id) + "\n")
         return
-    if fmt == "human" and data.spans:
+    if fmt == "human" and (data.spans or data.open_spans):
         text = render_tree(data, run_id=run_id)
         console = _console()
         if console.is_terminal:
@@ -525,6 +525,9 @@ def stats(
     spans = [s for s in spans if _in_range(s.start_time, since, until)]
     if not spans:
         scope = f"run {run_id}" if run_id else f"workflow {workflow!r}"
+        if run_id:  # a run still running (or cut short) may have no finished span yet
+            found = [s for s in store.runs() if s.run_id == run_id]
+            scope += f" (status {found[0].status_text})" if found else ""
         raise click.ClickException(f"no spans of {scope} found in {_where()}")
     metrics = aggregate(spans)
     # The runs' statuses, by the one rule (`flowtrail.status`).

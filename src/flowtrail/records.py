@@ -262,8 +262,8 @@ class Span(msgspec.Struct, frozen=True, gc=False):
     ISO-8601 strings (``start_time``/``end_time``) and nanoseconds since the epoch
     (``start_ns``/``end_ns``). ``status`` is ``ok`` or ``error``; an exception is recorded
     as an ``exception`` event. A span still open is stored as its start: status ``unset``
-    and ``end_ns`` 0 (`flowtrail.status.split_open`). Resource use is measured over the span: CPU time and CPU
-    percent of the process, resident memory at start and end.
+    and ``end_ns`` 0 (`flowtrail.status.split_open`). Resource use is measured over the
+    span: CPU time and CPU percent of the process, resident memory at start and end.
     """
 
     run_id: str
