@@ -380,7 +380,7 @@ def open_span_record(live: LiveSpan) -> Span:
         live.start_ns,
         0,
         0.0,
-        "unset",  # type: ignore[arg-type]  # a stored start, never a finished span's
+        "unset",  # a stored start, never a finished span's status
         None,
         {},
         [],

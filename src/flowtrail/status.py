@@ -113,11 +113,12 @@ _HOST: list[str | None] = [None]
 
 
 def _this_host() -> str:
-    if _HOST[0] is None:
+    host = _HOST[0]
+    if host is None:
         from flowtrail.context import host_info
 
-        _HOST[0] = host_info().hostname or socket.gethostname()
-    return _HOST[0]
+        host = _HOST[0] = host_info().hostname or socket.gethostname()
+    return host
 
 
 def writer_alive(hostname: str | None, pid: int) -> bool:

@@ -645,8 +645,19 @@ def _status_facts(
             f"FROM {table}_spans WHERE run_id IN ({marks}) AND status != '{OPEN_SPAN_STATUS}'",
             chunk,
         ):
-            attributes = _json_decode(row[8]) if row[8] else {}
-            spans.setdefault(row[0], []).append(SpanFacts(*row[1:8], attributes))
+            run_id, span_id, parent, kind, name, start_ns, status, message, attributes = row
+            spans.setdefault(run_id, []).append(
+                SpanFacts(
+                    span_id,
+                    parent,
+                    kind,
+                    name,
+                    start_ns,
+                    status,
+                    message,
+                    _json_decode(attributes) if attributes else {},
+                )
+            )
     still_open: dict[str, list[_OpenSpan]] = {}
     for run_id, span_id, process, hostname in conn.execute(
         f"SELECT run_id, span_id, process, hostname FROM {table}_spans AS o "
