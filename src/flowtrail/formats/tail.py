@@ -8,7 +8,7 @@ from typing import Any
 
 from flowtrail.formats.tree import duration_text, iso_ns
 from flowtrail.records import TraceData
-from flowtrail.status import INTERRUPTED, RUNNING, run_status
+from flowtrail.status import INTERRUPTED, RUNNING, run_status, writer_alive
 
 #: Seconds without anything new, every span ended, after which a run counts as ended (a
 #: new top-level span is stored within about a second of its start: see
@@ -61,7 +61,8 @@ class RunFollower:
 
     def ended(self, data: TraceData, now: datetime | None = None) -> str | None:
         """The run's status text once it has ended, else None: a signal stopped it, or it
-        has spans, none is open, and nothing was written for `QUIET_S` seconds."""
+        has spans, none is open, and the processes that wrote them have exited or nothing
+        was written for `QUIET_S` seconds."""
         state = run_status(data.meta, data.spans, data.open_spans)
         if state.status == RUNNING:
             return None
@@ -69,6 +70,9 @@ class RunFollower:
             return state.text
         if not data.spans:
             return None
+        writers = {(span.hostname, span.process) for span in data.spans}
+        if not any(writer_alive(host, pid) for host, pid in writers):
+            return state.text  # every process that wrote its spans has exited
         last = max([s.end_ns for s in data.spans] + [iso_ns(r.datetime) for r in data.meta[-1:]])
         moment = now or datetime.now(timezone.utc)
         if moment.timestamp() * 1e9 - last < QUIET_S * 1e9:

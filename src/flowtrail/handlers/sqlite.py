@@ -576,6 +576,10 @@ class SQLiteHandler(BaseHandler, StoreReader):
                 span_status=root_status.get(row[0]) if row[5] else None,
             )
         for run_id, summary in summaries.items():
+            quiet = run_id not in error_records and run_id not in failing_spans
+            if quiet and run_id not in still_open:
+                summaries[run_id] = msgspec.structs.replace(summary, status="ok")
+                continue
             status = run_status(
                 error_records.get(run_id, ()),
                 failing_spans.get(run_id, ()),
