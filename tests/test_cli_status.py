@@ -29,11 +29,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def cli(*args: str, cwd: Path, code: int = 0, timeout: float = 60) -> str:
+def cli(
+    *args: str, cwd: Path, code: int = 0, timeout: float = 60, env: dict[str, str] | None = None
+) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "flowtrail", *args],
         cwd=cwd,
-        env=_env(),
+        env={**_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -356,6 +358,15 @@ def test_demo_names_the_store_it_wrote_to(tmp_path: Path) -> None:
     assert "--store elsewhere/flowtrail.db" in out
     assert (tmp_path / "elsewhere" / "flowtrail.db").is_file()
     assert "- Status: error" in cli("show", "--failed", "--store", "elsewhere", cwd=tmp_path)
+    # So does FLOWTRAIL_STORE, where the reading commands look without --store.
+    moved = {"FLOWTRAIL_STORE": str(tmp_path / "moved.db")}
+    out = cli("demo", "--quiet", cwd=tmp_path, env=moved)
+    assert "--store moved.db" in out
+    assert "- Status: error" in cli("show", "--failed", cwd=tmp_path, env=moved)
+    # And with no configuration at all, plain `show --failed` reads the demo's store.
+    (tmp_path / "flowtrail.toml").unlink()
+    cli("demo", "--quiet", cwd=tmp_path)
+    assert "- Status: error" in cli("show", "--failed", cwd=tmp_path)
 
 
 SLOW_WORKFLOW = """

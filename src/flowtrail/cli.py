@@ -177,7 +177,8 @@ def main() -> None:
     "--store",
     "store_url",
     default=None,
-    help="Where to write (default: console + ./logs/flowtrail.db).",
+    help="Where to write (default: $FLOWTRAIL_STORE, else the configured handlers, else "
+    "console + ./logs/flowtrail.db).",
 )
 @click.option("--quiet", is_flag=True, help="Do not echo records to the console.")
 def demo(store_url: str | None, quiet: bool) -> None:
@@ -187,8 +188,10 @@ def demo(store_url: str | None, quiet: bool) -> None:
 
     from flowtrail.demo import demo_store, run_demo
     from flowtrail.handlers import ConsoleHandler
-    from flowtrail.stores import describe_store
+    from flowtrail.stores import STORE_VARIABLE, describe_store
 
+    # Where the reading commands look by default, so `flowtrail show --failed` finds it.
+    store_url = store_url or os.environ.get(STORE_VARIABLE) or None
     handlers = None
     if store_url or quiet:
         store = _store(store_url, check=False)
