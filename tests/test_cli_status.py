@@ -231,6 +231,8 @@ def test_retried_stage_is_ok_and_a_stage_that_fails_for_good_is_error(
     assert "r1\t" in table
     human = cli("show", "r1", "--store", STORES[kind], cwd=tmp_path)
     assert "- Status: ok (retried): 1 failed attempt passed when retried" in human
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<span class='status-ok'>ok (retried)</span>" in page
 
     # Both attempts fail: the stage failed for good, the run failed, once.
     (tmp_path / "flowtrail.db").unlink(missing_ok=True)

@@ -31,7 +31,9 @@ def render_html(data: TraceData, *, run_id: str | None = None) -> str:
     summary = [
         f"<span>run <b>{html.escape(str(document['run_id']))}</b></span>",
         f"<span>trace {html.escape(str(document['trace_id']))}</span>",
-        f"<span class='status-{status}'>{status}</span>",
+        f"<span class='status-{status}'>{status}"
+        + (" (retried)" if status == "ok" and document.get("retried") else "")
+        + "</span>",
     ]
     if total is not None:
         summary.append(f"<span>{total:.1f} ms</span>")
