@@ -19,6 +19,7 @@ from conftest import ROOT
 from flowtrail.formats.document import RUN_SCHEMA
 
 RUN_ID = re.compile(r"Demo run (demo-\S+) finished")
+FAILED_ID = re.compile(r"Demo run (demo-\S+) finished \(error")
 
 
 def flowtrail_script() -> str:
@@ -102,23 +103,29 @@ def test_runs(demo) -> None:
         "errors",
         "failed_spans",
     ]
-    row = lines[1].split("\t")
+    rows = {line.split("\t")[0]: line.split("\t") for line in lines[1:]}
+    row = rows[run_id]
     assert (row[0], row[1], row[4], row[5], row[6], row[7]) == (
         run_id,
         "demo-etl",
         "ok",
-        "26",
-        "0",
+        "27",  # with the exception record of the validate attempt that failed
+        "1",
         "1",  # the validate attempt that failed and was retried
     )
+    failed_id = FAILED_ID.search(demo[2].stdout).group(1)
+    assert rows[failed_id][4] == "error"
 
-    (summary,) = json.loads(cli("runs", "--json", cwd=folder).stdout)
-    assert summary["run_id"] == run_id
+    summaries = {s["run_id"]: s for s in json.loads(cli("runs", "--json", cwd=folder).stdout)}
+    summary = summaries[run_id]
     assert (summary["spans"], summary["span_errors"], summary["status"]) == (12, 1, "ok")
+    assert (summary["retried"], summary["failures"]) == (1, 0)
     assert summary["duration_s"] > 0
     store = folder / "logs" / "flowtrail.db"
     nothing = f"No runs found in SQLite store {store}."
-    assert cli("runs", "--status", "error", cwd=folder).stdout.strip() == nothing
+    failed = cli("runs", "--status", "error", cwd=folder).stdout.splitlines()
+    assert [line.split("\t")[0] for line in failed[1:]] == [failed_id]
+    assert cli("runs", "--status", "running", cwd=folder).stdout.strip() == nothing
     assert cli("runs", "--workflow", "other", cwd=folder).stdout.strip() == nothing
 
 
@@ -130,7 +137,7 @@ def test_show_json_follows_the_schema(demo, validator) -> None:
     assert document["workflow_name"] == "demo-etl"
     assert document["status"] == "ok"
     assert len(document["spans"]) == 12
-    assert len(document["logs"]) == 26
+    assert len(document["logs"]) == 27
     assert len({s["trace_id"] for s in document["spans"]}) == 1
     assert document["trace_id"] == document["spans"][0]["trace_id"]
     assert all(log["trace_id"] == document["trace_id"] for log in document["logs"])
@@ -164,12 +171,13 @@ def test_show_human_tree(demo) -> None:
     assert "    [WARNING] [STAGE]: validate failed on attempt 1; retrying" in lines
     assert "Summary:" in lines
     assert "- Spans: 12 (job 4, stage 7, workflow 1)" in lines
-    assert "- Errors: 1 span(s), 0 record(s)" in lines
-    assert "- Success Rate: 92%" in lines
-    assert any(line.startswith("- First Failure: stage.validate: TransientError") for line in lines)
+    assert "- Status: ok (retried): 1 failed attempt passed when retried" in lines
+    assert "- Failures: 0 (1 span(s) ended in error, 1 error record(s))" in lines
+    assert "- Success Rate: 91% of nodes ended ok (10 of 11)" in lines
+    assert not any(line.startswith("- First Failure") for line in lines)
 
     text = cli("show", run_id, "--format", "text", cwd=folder).stdout
-    assert f"Run {run_id}  workflow=demo-etl  records=26  errors=0" in text
+    assert f"Run {run_id}  workflow=demo-etl  status=ok (retried)  records=27  errors=1" in text
     assert "[STAGE]: validate failed on attempt 1; retrying" in text
 
 
@@ -177,8 +185,10 @@ def test_stats(demo) -> None:
     folder, run_id, _ = demo
     out = cli("stats", "--workflow", "demo-etl", cwd=folder).stdout
     lines = out.splitlines()
-    assert lines[0].startswith("Statistics of workflow demo-etl (1 runs): 12 spans, 1 errors")
-    assert lines[1].split("\t") == [
+    assert lines[0].startswith("Statistics of workflow demo-etl (2 runs): 24 spans, 5 errors")
+    assert lines[1] == "Run statuses: 1 ok, 1 error"
+    assert lines[2].startswith("Run duration: min ")
+    assert lines[3].split("\t") == [
         "span",
         "count",
         "errors",
@@ -190,37 +200,41 @@ def test_stats(demo) -> None:
         "mean",
         "peak MB",
     ]
-    rows = {line.split("\t")[0]: line.split("\t") for line in lines[2:]}
+    rows = {line.split("\t")[0]: line.split("\t") for line in lines[4:]}
     assert len(rows) == 11
-    assert rows["stage.validate"][1:4] == ["2", "1", "50%"]
-    assert rows["job.extract"][1:4] == ["1", "0", "100%"]
+    assert rows["stage.validate"][1:4] == ["4", "2", "50%"]
+    assert rows["job.extract"][1:4] == ["2", "0", "100%"]
 
     data = json.loads(cli("stats", "--workflow", "demo-etl", "--json", cwd=folder).stdout)
     by_name = {f"{s['kind']}.{s['name']}": s for s in data["by_name"]}
     validate = by_name["stage.validate"]
-    assert (validate["count"], validate["errors"], validate["success_rate"]) == (2, 1, 0.5)
+    assert (validate["count"], validate["errors"], validate["success_rate"]) == (4, 2, 0.5)
+    assert data["run_statuses"] == {"ok": 1, "error": 1}
     assert validate["min_ms"] <= validate["p50_ms"] <= validate["p95_ms"] <= validate["max_ms"]
     assert by_name["stage.fit-model"]["min_ms"] >= 240.0  # three 80 ms epochs
     show = json.loads(cli("show", run_id, "--format", "json", cwd=folder).stdout)
-    assert data["by_name"] == show["metrics"]["by_name"]
+    one_json = json.loads(cli("stats", "--run", run_id, "--json", cwd=folder).stdout)
+    assert one_json["by_name"] == show["metrics"]["by_name"]
+    assert one_json["status"] == show["status"] == "ok"
 
     one = cli("stats", "--run", run_id, cwd=folder).stdout
     assert one.startswith(f"Statistics of run {run_id}: 12 spans")
+    assert one.splitlines()[1] == "Run status: ok (retried)"
     # With no option: the workflow of the newest run.
     assert cli("stats", cwd=folder).stdout.startswith("Statistics of workflow demo-etl")
 
 
 def test_search(demo) -> None:
     folder, run_id, _ = demo
-    (line,) = cli("search", "retrying", cwd=folder).stdout.splitlines()
+    line = cli("search", "retrying", "--run", run_id, cwd=folder).stdout.splitlines()[0]
     found_run, stamp, level, message = line.split("\t")
     assert (found_run, level) == (run_id, "warning")
     assert message == "[STAGE]: validate failed on attempt 1; retrying"
 
-    warnings = cli("search", "--level", "warning", cwd=folder).stdout.splitlines()
-    assert len(warnings) == 2
-    assert all(line.split("\t")[2] == "warning" for line in warnings)
-    assert len(cli("search", "--workflow", "demo-etl", cwd=folder).stdout.splitlines()) == 26
+    warnings = cli("search", "--level", "warning", "--run", run_id, cwd=folder).stdout
+    assert len(warnings.splitlines()) == 3  # two warnings and the exception record
+    assert {line.split("\t")[2] for line in warnings.splitlines()} == {"warning", "exception"}
+    assert len(cli("search", "--workflow", "demo-etl", cwd=folder).stdout.splitlines()) == 54
     assert len(cli("search", "epoch", "--run", run_id, cwd=folder).stdout.splitlines()) == 3
     nothing = f"No records found in SQLite store {folder / 'logs' / 'flowtrail.db'}."
     none = cli("search", "--workflow", "other", cwd=folder).stdout
@@ -229,16 +243,17 @@ def test_search(demo) -> None:
         nothing
     )
     # The epochs were logged after the retry warning.
-    before = cli("search", "epoch", "--until", stamp, cwd=folder).stdout
+    before = cli("search", "epoch", "--run", run_id, "--until", stamp, cwd=folder).stdout
     assert before.strip() == nothing
-    assert len(cli("search", "epoch", "--since", stamp, cwd=folder).stdout.splitlines()) == 3
+    after = cli("search", "epoch", "--run", run_id, "--since", stamp, cwd=folder).stdout
+    assert len(after.splitlines()) == 3
 
 
 def test_report(demo, tmp_path: Path) -> None:
     folder, run_id, _ = demo
     target = tmp_path / "x.html"
     out = cli("report", run_id, "-o", str(target), cwd=folder).stdout
-    assert out.strip() == f"Wrote {target} (12 spans, 26 records)."
+    assert out.strip() == f"Wrote {target} (12 spans, 27 records)."
     page = target.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
     assert run_id in page and "demo-etl" in page
@@ -252,12 +267,17 @@ def test_tail(demo) -> None:
     out = cli("tail", run_id, "--idle-exit", "1", "--interval", "0.2", cwd=folder).stdout
     lines = out.splitlines()
     assert lines[0] == f"Following run {run_id} (Ctrl-C to stop)"
-    assert sum(" INFO " in line or " DEBUG " in line or " WARNING " in line for line in lines) == 26
+    levels = (" INFO ", " DEBUG ", " WARNING ", " EXCEPTION ")
+    assert sum(any(level in line for level in levels) for line in lines) == 27
     ends = [line for line in lines if line.startswith("← ")]
     assert len(ends) == 12
-    assert any(line.startswith("← stage.validate") and line.endswith("✗") for line in ends)
+    assert any(line.startswith("← stage.validate") and "✗" in line for line in ends)
+    assert lines[-2].startswith("← workflow.demo-etl")
+    assert lines[-1] == f"Run {run_id} ended: ok (retried)"
+    failed_id = FAILED_ID.search(demo[2].stdout).group(1)
     newest = cli("tail", "--idle-exit", "0.5", "--interval", "0.2", cwd=folder).stdout
-    assert newest.splitlines()[0] == f"Following run {run_id} (Ctrl-C to stop)"
+    assert newest.splitlines()[0] == f"Following run {failed_id} (Ctrl-C to stop)"
+    assert newest.splitlines()[-1] == f"Run {failed_id} ended: error"
 
 
 # ---------------------------------------------------------------------- other stores
@@ -274,12 +294,13 @@ def test_file_store_url(tmp_path: Path, validator) -> None:
     assert len(document["spans"]) == 12
     assert "→ workflow.demo-etl" in cli("show", run_id, *store, cwd=tmp_path).stdout
     stats = cli("stats", "--workflow", "demo-etl", *store, cwd=tmp_path).stdout
-    assert "stage.validate\t2\t1\t50%" in stats
+    assert "stage.validate\t4\t2\t50%" in stats
     assert run_id in cli("search", "retrying", *store, cwd=tmp_path).stdout
     cli("report", run_id, "-o", "f.html", *store, cwd=tmp_path)
     assert (tmp_path / "f.html").stat().st_size > 0
     tail = cli("tail", run_id, "--idle-exit", "0.3", "--interval", "0.1", *store, cwd=tmp_path)
     assert tail.stdout.count("\n← ") == 12
+    assert tail.stdout.splitlines()[-1] == f"Run {run_id} ended: ok (retried)"
     # A plain directory path works too.
     assert run_id in cli("runs", "--store", str(tmp_path / "traces"), cwd=tmp_path).stdout
 
@@ -298,7 +319,7 @@ def test_sqlite_store_urls(tmp_path: Path, validator) -> None:
     document = json.loads(cli("show", run_id, "--format", "json", *store, cwd=other_dir).stdout)
     validator.validate(document)
     assert document["run_id"] == run_id
-    assert "stage.validate\t2\t1\t50%" in cli("stats", *store, cwd=other_dir).stdout
+    assert "stage.validate\t4\t2\t50%" in cli("stats", *store, cwd=other_dir).stdout
     assert run_id in cli("search", "retrying", *store, cwd=other_dir).stdout
     assert not (other_dir / "logs").exists()
 

@@ -156,11 +156,12 @@ Run: run-fixed
 [WARNING] orphan
 
 Summary:
+- Status: error
 - Total Duration: 234.5ms
 - Spans: 4 (node 2, stage 1, workflow 1)
-- Nodes Executed: 3
-- Errors: 1 span(s), 1 record(s)
-- Success Rate: 75%
+- Nodes Executed: 3 (spans below the workflow, retried attempts included)
+- Failures: 1 (1 span(s) ended in error, 1 error record(s))
+- Success Rate: 67% of nodes ended ok (2 of 3)
 - Peak Memory: 25.5 MB
 - Slowest: node.transform (123.4ms)
 - First Failure: stage.retry: ValueError: bad row
@@ -189,8 +190,10 @@ def test_human_tree_of_records_without_spans() -> None:
         "[ERROR] oops\n"
         "\n"
         "Summary:\n"
+        "- Status: error\n"
         "- Records: 2\n"
         "- Error Records: 1\n"
+        "- First Failure: oops\n"
     )
 
 
@@ -236,7 +239,9 @@ def test_json_of_the_fixed_run(validator: jsonschema.Draft202012Validator) -> No
     assert document["run_id"] == RUN_ID
     assert document["trace_id"] == TRACE_ID
     assert document["workflow_name"] == "ingest"
-    assert document["status"] == "ok"  # the failed stage is not a top-level span
+    # The failed stage was not retried: the run failed, though its top spans ended ok.
+    assert document["status"] == "error"
+    assert (document["failures"], document["retried"]) == (1, 0)
     assert [s["operation"] for s in document["spans"]] == [
         "workflow.ingest",
         "node.read_file",
@@ -290,8 +295,11 @@ def test_json_of_a_real_run(validator: jsonschema.Draft202012Validator) -> None:
     validator.validate(document)
     assert document["trace_id"] == trace.trace_id
     assert len(document["spans"]) == 2
-    assert [r["level"] for r in document["logs"]] == ["info", "exception"]
-    assert document["logs"][1]["exception_type"] == "ValueError"
+    # The exception leaving the span is recorded once, in it; "caught" is the caller's own.
+    assert [r["level"] for r in document["logs"]] == ["info", "exception", "exception"]
+    assert document["logs"][1]["message"] == "stage bad failed: ValueError: x"
+    assert document["logs"][2]["exception_type"] == "ValueError"
+    assert (document["status"], document["failures"]) == ("error", 1)
 
 
 @pytest.mark.parametrize(

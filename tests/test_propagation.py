@@ -414,6 +414,7 @@ def test_unsampled_run_keeps_warnings_errors_and_the_path_to_an_error() -> None:
         ("warning", "warning outside"),
         ("warning", "warning in stage"),
         ("error", "error in node"),
+        ("exception", "node bad-node failed: RuntimeError: node failed"),  # once, innermost
         ("exception", "caught"),
         ("error", "error outside"),
     ]

@@ -298,7 +298,8 @@ def test_decorator_sync() -> None:
     assert first.parent_span_id == second.parent_span_id == job.span_id
     assert (bad.name, bad.kind, bad.status) == ("custom-name", "node", "error")
     assert outer.status == "ok"
-    assert [r.span_id for r in memory.records] == [first.span_id, second.span_id]
+    assert [r.span_id for r in memory.records] == [first.span_id, second.span_id, bad.span_id]
+    assert memory.records[-1].message == "node custom-name failed: RuntimeError: nope"
 
 
 def test_decorator_async() -> None:
@@ -523,13 +524,16 @@ def test_finished_spans_reach_every_handler(tmp_path: Path, capsys) -> None:
         data = store.find_trace_with_id("run-all")
         assert {(s.span_id, s.name, s.status) for s in data.spans} == expected
         assert {(s.span_id, s.name, s.status) for s in store.spans(run_id="run-all")} == expected
-        (record,) = data.meta
+        record, escaped = data.meta
         assert record.span_id == next(s.span_id for s in memory.spans if s.name == "extract")
+        assert escaped.span_id == next(s.span_id for s in memory.spans if s.name == "parse")
+        assert (escaped.level, escaped.exception_type) == ("exception", "ValueError")
         read_back = next(s for s in data.spans if s.name == "extract")
         original = next(s for s in memory.spans if s.name == "extract")
         assert read_back == original
         (summary,) = store.runs()
-        assert (summary.spans, summary.span_errors, summary.status) == (2, 1, "ok")
+        # The stage failed and was not retried: the run failed.
+        assert (summary.spans, summary.span_errors, summary.status) == (2, 1, "error")
 
 
 def test_bare_decorator_makes_a_stage_span_named_after_the_function() -> None:

@@ -40,6 +40,10 @@ _LEVEL_STYLE = {
 }
 
 
+#: How each run status is coloured on a terminal.
+_STATUS_STYLE = {"ok": "green", "error": "red", "interrupted": "magenta", "running": "cyan"}
+
+
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
@@ -173,34 +177,50 @@ def main() -> None:
     "--store",
     "store_url",
     default=None,
-    help="Where to write (default: console + ./logs/flowtrail.db).",
+    help="Where to write (default: $FLOWTRAIL_STORE, else the configured handlers, else "
+    "console + ./logs/flowtrail.db).",
 )
 @click.option("--quiet", is_flag=True, help="Do not echo records to the console.")
 def demo(store_url: str | None, quiet: bool) -> None:
-    """Run a small example workflow (jobs, stages, a failure that is retried)."""
-    from flowtrail.demo import run_demo
-    from flowtrail.handlers import ConsoleHandler
+    """Run a small example workflow twice: once with a failure that is retried (the run
+    ends ok), once with a stage that fails for good (the run ends in error)."""
+    import os
 
+    from flowtrail.demo import demo_store, run_demo
+    from flowtrail.handlers import ConsoleHandler
+    from flowtrail.stores import STORE_VARIABLE, describe_store
+
+    # Where the reading commands look by default, so `flowtrail show --failed` finds it.
+    store_url = store_url or os.environ.get(STORE_VARIABLE) or None
     handlers = None
     if store_url or quiet:
         store = _store(store_url, check=False)
         handlers = [store] if quiet else [ConsoleHandler(), store]
     try:
         run_id = run_demo(handlers=handlers)
+        failed_id = run_demo(handlers=handlers, fail=True)
+        written = demo_store(handlers)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    where = f" --store {store_url}" if store_url else ""
-    stored = store_url or "./logs/flowtrail.db (SQLite)"
+    if written is None:
+        click.echo(f"\nDemo runs {run_id} (ok) and {failed_id} (error) went to the console only.")
+        return
+    path = os.path.abspath(written.config.path)
+    shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+    where = f" --store {shown}"
     hints = [
-        (f"flowtrail runs{where}", "list runs"),
-        (f"flowtrail show {run_id}{where}", "the tree of jobs and stages, with their logs"),
+        (f"flowtrail runs{where}", "list runs and their status"),
+        (f"flowtrail show {run_id}{where}", "the ok run: jobs and stages, a retried stage"),
+        (f"flowtrail show --failed{where}", f"the failed run ({failed_id}) and where it failed"),
+        (f"flowtrail search --level error{where}", "every error, the retried attempt's too"),
         (f"flowtrail stats --workflow demo-etl{where}", "durations, errors, success rate"),
-        (f"flowtrail report {run_id} -o run.html{where}", "an HTML timeline to open"),
-        (f"flowtrail search retrying{where}", "find records by text"),
+        (f"flowtrail report {failed_id} -o run.html{where}", "an HTML timeline to open"),
     ]
     width = max(len(command) for command, _ in hints)
     click.echo("")
-    click.echo(f"Demo run {run_id} finished; its records are in {stored}. Look at it:")
+    click.echo(f"Demo run {run_id} finished (ok: a stage failed once and passed when retried).")
+    click.echo(f"Demo run {failed_id} finished (error: its load stage failed for good).")
+    click.echo(f"Their records are in {describe_store(written)}. Look at them:")
     for command, what in hints:
         click.echo(f"  {command:<{width}}   # {what}")
 
@@ -210,9 +230,10 @@ def demo(store_url: str | None, quiet: bool) -> None:
 @click.option("--workflow", default=None, help="Only runs of this workflow.")
 @click.option(
     "--status",
-    type=click.Choice(["ok", "error"]),
+    type=click.Choice(["ok", "error", "interrupted", "running", "retried"]),
     default=None,
-    help="Only runs that failed or not.",
+    help="Only runs with this status (retried: ok runs in which a failed attempt was "
+    "retried). The rule is in the README.",
 )
 @click.option("--limit", default=50, show_default=True, help="At most this many runs.")
 @_time_options("runs that started")
@@ -231,7 +252,9 @@ def runs(
     summaries = _store(store_url).runs(workflow=workflow, limit=None if filtered else limit)
     if since or until:
         summaries = [s for s in summaries if _in_range(s.start, since, until)]
-    if status:
+    if status == "retried":
+        summaries = [s for s in summaries if s.status == "ok" and s.retried]
+    elif status:
         summaries = [s for s in summaries if s.status == status]
     summaries = summaries[:limit]
     if as_json:
@@ -251,14 +274,14 @@ def runs(
     if console.is_terminal:
         rows = []
         for s in summaries:
-            style = "red" if s.status == "error" else "green"
+            style = _STATUS_STYLE.get(s.status, "")
             rows.append(
                 (
                     s.run_id,
                     s.workflow_name or "-",
                     _short_time(s.start),
                     _duration(s),
-                    f"[{style}]{s.status}[/]",
+                    f"[{style}]{s.status_text}[/]" if style else s.status_text,
                     str(s.records),
                     str(s.errors),
                     str(s.span_errors),
@@ -271,7 +294,8 @@ def runs(
         console.print(table)
         return
     # "errors" counts error records; "failed_spans" spans that ended in error, such as an
-    # attempt that was retried (the status says how the run itself ended).
+    # attempt that was retried (the status says how the run itself ended; --json has
+    # "retried", the failed attempts that a successful retry followed).
     click.echo("run_id\tworkflow\tstart\tduration\tstatus\trecords\terrors\tfailed_spans")
     for s in summaries:
         click.echo(
@@ -345,7 +369,7 @@ def _load_run(store: Any, run_id: str, children: bool) -> Any:
         raise click.UsageError(str(exc)) from None
     except LookupError:  # TraceNotFound
         data = None
-    if data is None or (not data.meta and not data.spans):
+    if data is None or (not data.meta and not data.spans and not data.open_spans):
         raise click.ClickException(f"no records of run {run_id!r} in {_where()}")
     return data
 
@@ -415,7 +439,7 @@ def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, chil
     if fmt == "json":
         _write(run_json(data, run_id=run_id) + "\n")
         return
-    if fmt == "human" and data.spans:
+    if fmt == "human" and (data.spans or data.open_spans):
         text = render_tree(data, run_id=run_id)
         console = _console()
         if console.is_terminal:
@@ -423,12 +447,18 @@ def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, chil
         else:
             _write(text)
         return
+    from flowtrail.status import run_status
+
     console = _console()
-    first, last = data.meta[0], data.meta[-1]
+    state = run_status(data.meta, data.spans, data.open_spans)
     errors = [r for r in data.meta if r.level in ERROR_LEVELS]
     workflow = next((r.workflow_name for r in data.meta if r.workflow_name), "-")
-    click.echo(f"Run {run_id}  workflow={workflow}  records={len(data.meta)}  errors={len(errors)}")
-    click.echo(f"From {first.datetime} to {last.datetime}")
+    click.echo(
+        f"Run {run_id}  workflow={workflow}  status={state.text}  records={len(data.meta)}  "
+        f"errors={len(errors)}"
+    )
+    if data.meta:
+        click.echo(f"From {data.meta[0].datetime} to {data.meta[-1].datetime}")
     click.echo("")
     _print_records(data.meta, console)
     if errors:
@@ -500,10 +530,26 @@ def stats(
     spans = [s for s in spans if _in_range(s.start_time, since, until)]
     if not spans:
         scope = f"run {run_id}" if run_id else f"workflow {workflow!r}"
+        if run_id:  # a run still running (or cut short) may have no finished span yet
+            found = [s for s in store.runs() if s.run_id == run_id]
+            scope += f" (status {found[0].status_text})" if found else ""
         raise click.ClickException(f"no spans of {scope} found in {_where()}")
     metrics = aggregate(spans)
+    # The runs' statuses, by the one rule (`flowtrail.status`).
+    in_scope = {s.run_id for s in spans}
+    statuses: dict[str, int] = {}
+    run_status_text = None
+    for summary in store.runs(workflow=workflow if run_id is None else None):
+        if summary.run_id in in_scope:
+            statuses[summary.status] = statuses.get(summary.status, 0) + 1
+            if summary.run_id == run_id:
+                run_status_text = summary.status_text
     if as_json:
-        _write(msgspec.json.encode(metrics_dict(metrics)).decode() + "\n")
+        document = metrics_dict(metrics)
+        document["run_statuses"] = statuses
+        if run_id is not None:
+            document["status"] = next(iter(statuses), None)
+        _write(msgspec.json.encode(document).decode() + "\n")
         return
     scope = f"run {run_id}" if run_id else f"workflow {workflow} ({metrics.runs} runs)"
     click.echo(
@@ -511,6 +557,11 @@ def stats(
         f"success rate {metrics.success_rate:.0%}"
         + (f", peak memory {metrics.peak_memory_mb:.1f} MB" if metrics.peak_memory_mb else "")
     )
+    if run_id:
+        click.echo(f"Run status: {run_status_text or '-'}")
+    else:
+        counts = ", ".join(f"{statuses[name]} {name}" for name in _STATUS_STYLE if name in statuses)
+        click.echo(f"Run statuses: {counts}")
     if metrics.run_durations is not None:
         r = metrics.run_durations
         click.echo(
@@ -558,8 +609,13 @@ def stats(
 def tail(
     run_id: str | None, store_url: str | None, interval: float, idle_exit: float | None
 ) -> None:
-    """Follow a run (default: the newest) while it is written. Ctrl-C stops."""
+    """Follow a run (default: the newest) while it is written: each record and each span
+    end once, in the order written. Stops when the run has ended (its spans all ended and
+    nothing new came for a few seconds, or a signal stopped it); a run without spans is
+    followed until --idle-exit or Ctrl-C."""
     import time
+
+    from flowtrail.formats.tail import RunFollower
 
     store = _store(store_url)
     if run_id is None:
@@ -570,22 +626,23 @@ def tail(
     else:
         run_id = _run_id(store, run_id)
     click.echo(f"Following run {run_id} (Ctrl-C to stop)")
-    seen_logs = seen_spans = 0
+    follower = RunFollower(run_id)
     last_new = time.monotonic()
     try:
         while True:
-            data = store.find_trace_with_id(run_id, force_raise=False, include_children=False)
-            fresh = data.meta[seen_logs:]
-            ended = data.spans[seen_spans:]
-            seen_logs, seen_spans = len(data.meta), len(data.spans)
-            for r in fresh:
-                click.echo(f"{_short_time(r.datetime)} {r.level.upper():<9} {r.message}")
-            for s in ended:
-                mark = "✗" if s.status == "error" else "✓"
-                click.echo(f"← {s.kind}.{s.name} ({s.duration_ms:.1f}ms) {mark}")
-            if fresh or ended:
+            data = store.find_trace_with_id(
+                run_id, force_raise=False, include_children=False, text=False
+            )
+            lines = follower.new_lines(data)
+            for line in lines:
+                click.echo(line)
+            if lines:
                 last_new = time.monotonic()
-            elif idle_exit is not None and time.monotonic() - last_new > idle_exit:
+            ended = follower.ended(data)
+            if ended is not None:
+                click.echo(f"Run {run_id} ended: {ended}")
+                return
+            if idle_exit is not None and time.monotonic() - last_new > idle_exit:
                 return
             time.sleep(interval)
     except KeyboardInterrupt:

@@ -1,6 +1,6 @@
-"""A small built-in workflow for ``flowtrail demo``: three jobs of a few stages, one stage
+"""A small built-in workflow for ``flowtrail demo``: four jobs of a few stages, one stage
 that fails once and is retried, one that is slow, traced to the configured (by default
-console + SQLite) handlers."""
+console + SQLite) handlers; then a second run of it whose last stage fails for good."""
 
 from __future__ import annotations
 
@@ -76,8 +76,14 @@ def _write(trace: Trace, attempt: int) -> None:
     trace.info("wrote 3,000 rows to warehouse.sales")
 
 
-def run_demo(*, handlers: Any = None, run_id: str | None = None) -> str:
-    """Run the demo workflow; return its run id."""
+def _write_denied(trace: Trace, attempt: int) -> None:
+    trace.info("writing 3,000 rows to warehouse.sales")
+    raise PermissionError("warehouse.sales is read-only for role demo-etl")
+
+
+def run_demo(*, handlers: Any = None, run_id: str | None = None, fail: bool = False) -> str:
+    """Run the demo workflow; return its run id. With ``fail``, its ``load`` job's stage
+    fails for good (the exception is recorded and the run ends in error, not raised)."""
     run_id = run_id or new_run_id("demo")
     base = {"workflow_name": "demo-etl", "environment": "demo", "tags": ["demo", "etl"]}
     workflow = get_trace(run_id, handlers=handlers, extras=base)
@@ -85,15 +91,28 @@ def run_demo(*, handlers: Any = None, run_id: str | None = None) -> str:
         ("extract", [("connect", _connect, 0), ("download", _download, 0)]),
         ("transform", [("validate", _validate, 2), ("clean", _clean, 0)]),
         ("train", [("fit-model", _train, 0)]),
-        ("load", [("write", _write, 0)]),
+        ("load", [("write", _write_denied if fail else _write, 0)]),
     ]
-    with workflow.span("workflow", name="demo-etl", owner="data-team"):
-        workflow.info("[WORKFLOW]: start demo-etl")
-        for job, stages in plan:
-            with workflow.span("job", name=job, stages=len(stages)):
-                workflow.info(f"[JOB]: start {job}")
-                for stage, work, retries in stages:
-                    _stage(run_id, base, job, stage, work, retries=retries, handlers=handlers)
-        workflow.info("[WORKFLOW]: demo-etl finished")
+    try:
+        with workflow.span("workflow", name="demo-etl", owner="data-team"):
+            workflow.info("[WORKFLOW]: start demo-etl")
+            for job, stages in plan:
+                with workflow.span("job", name=job, stages=len(stages)):
+                    workflow.info(f"[JOB]: start {job}")
+                    for stage, work, retries in stages:
+                        _stage(run_id, base, job, stage, work, retries=retries, handlers=handlers)
+            workflow.info("[WORKFLOW]: demo-etl finished")
+    except PermissionError:
+        if not fail:
+            raise
     workflow.flush()
     return run_id
+
+
+def demo_store(handlers: Any = None) -> Any:
+    """The store the demo writes to with ``handlers`` (default: the configured ones): the
+    first handler that can be read back, or None."""
+    from flowtrail.handlers.base import StoreReader
+
+    chosen = handlers if handlers is not None else get_trace(new_run_id("demo")).handlers
+    return next((h for h in chosen if isinstance(h, StoreReader)), None)

@@ -120,6 +120,8 @@ class TraceData(msgspec.Struct, kw_only=True):
     stderr: str = ""
     meta: list[Metadata] = msgspec.field(default_factory=list)
     spans: list[Any] = msgspec.field(default_factory=list)
+    #: Spans that started and have not ended (yet, or ever: see `flowtrail.status`).
+    open_spans: list[Any] = msgspec.field(default_factory=list)
 
     @property
     def run_id(self) -> str | None:
@@ -154,17 +156,32 @@ class RunSummary(msgspec.Struct, kw_only=True):
     spans: int = 0
     span_errors: int = 0
     #: ``error`` if a top-level span of the run ended in error, ``ok`` if none did; None
-    #: when the run has no spans.
+    #: when the run has no spans (kept for compatibility: `status` is the run's status).
     span_status: str | None = None
+    #: How the run went: ``ok``, ``error``, ``interrupted`` or ``running``
+    #: (`flowtrail.status.run_status`, the one rule every reader uses). Left out, it is
+    #: ``span_status`` if set, else ``error`` when the run logged an error.
+    status: str = ""
+    #: Failed attempts that a successful retry followed (the run may still be ``ok``).
+    retried: int = 0
+    #: Distinct failures (one exception through nested spans is one).
+    failures: int = 0
+    #: The signal that stopped the run, when one was recorded.
+    interrupted_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = self.span_status or ("error" if self.errors else "ok")
 
     @property
-    def status(self) -> str:
-        """How the run ended: from its top-level spans when it has spans (a stage that
-        failed and was retried does not fail the run), else ``error`` if it logged an
-        error."""
-        if self.span_status is not None:
-            return self.span_status
-        return "error" if self.errors else "ok"
+    def status_text(self) -> str:
+        """The status as shown: ``ok (retried)`` for a run that recovered by retrying,
+        ``interrupted (SIGTERM)`` for one a signal stopped."""
+        if self.status == "ok" and self.retried:
+            return "ok (retried)"
+        if self.status == "interrupted" and self.interrupted_by:
+            return f"interrupted ({self.interrupted_by})"
+        return self.status
 
     @property
     def duration_s(self) -> float | None:
@@ -244,8 +261,9 @@ class Span(msgspec.Struct, frozen=True, gc=False):
     Ids are W3C sizes in lowercase hex: ``trace_id`` 32 digits, ``span_id`` 16. Times are
     ISO-8601 strings (``start_time``/``end_time``) and nanoseconds since the epoch
     (``start_ns``/``end_ns``). ``status`` is ``ok`` or ``error``; an exception is recorded
-    as an ``exception`` event. Resource use is measured over the span: CPU time and CPU
-    percent of the process, resident memory at start and end.
+    as an ``exception`` event. A span still open is stored as its start: status ``unset``
+    and ``end_ns`` 0 (`flowtrail.status.split_open`). Resource use is measured over the
+    span: CPU time and CPU percent of the process, resident memory at start and end.
     """
 
     run_id: str

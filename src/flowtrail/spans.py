@@ -60,6 +60,10 @@ class SpanOwner(Protocol):
         """Close ``live`` (with the exception that left it) and hand the span on."""
         ...
 
+    def _span_open(self, start: Span) -> None:
+        """Hand the start of a span still open (`announce_open_spans`) to the stores."""
+        ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -269,6 +273,8 @@ class LiveSpan:
         self._overrides = None
         self._token = current_run.set(self)
         _OPEN[self] = None
+        if not _ANNOUNCER and self.root is self:
+            _start_announcer()
         if self.trace._sync:
             self.trace._span_started(self)
 
@@ -322,6 +328,11 @@ class LiveSpan:
         )
 
 
+def is_open(live: LiveSpan) -> bool:
+    """Whether ``live`` is open in this process (not ended, not inherited over a fork)."""
+    return live in _OPEN
+
+
 def open_spans() -> list[LiveSpan]:
     """The spans open in this process (every thread), newest first."""
     return list(reversed(list(_OPEN)))
@@ -341,6 +352,97 @@ def end_open_spans(signal_name: str) -> None:
 def _forget_open_spans() -> None:
     # A forked child's copies of the parent's open spans are the parent's to end.
     _OPEN.clear()
+    _ANNOUNCED.clear()
+    _ANNOUNCER.clear()  # threads do not survive a fork
+
+
+#: Seconds a local root span stays open before its start is stored (`announce_open_spans`).
+ANNOUNCE_AFTER = 0.2
+#: The announcer thread, once started in this process.
+_ANNOUNCER: list[Any] = []
+_ANNOUNCED: dict[LiveSpan, None] = {}
+
+
+def open_span_record(live: LiveSpan) -> Span:
+    """The stored form of a span that is still open: its start, status ``unset``, no
+    end (``end_ns`` 0), and the host and pid that write it (`flowtrail.status`)."""
+    names = live.names
+    return Span(
+        live.run_id,
+        live.trace_id,
+        live.span_id,
+        live.name,
+        live.kind,
+        live.parent_span_id,
+        live.parent_run_id,
+        live.start_time,
+        "",
+        live.start_ns,
+        0,
+        0.0,
+        "unset",  # a stored start, never a finished span's status
+        None,
+        {},
+        [],
+        names.get("workflow_name") or live.trace.workflow_name,
+        names.get("job_name"),
+        names.get("stage_name"),
+        None,
+        None,
+        live.memory_start_mb,
+        None,
+        Pid.value,
+        0,
+        _HOSTNAME[0] or _hostname(),
+        live.sampled,
+    )
+
+
+def announce_open_spans(min_age_s: float = ANNOUNCE_AFTER) -> int:
+    """Store the start of every sampled local root span (the top span of this process in
+    its run) open for ``min_age_s`` or more and not stored yet; return how many. So a run
+    whose process dies without ending its spans (SIGKILL, a crash) reads as
+    ``interrupted``, and one still being written as ``running``. Called by a thread of
+    flowtrail's every `ANNOUNCE_AFTER` seconds: the span's own path costs nothing more."""
+    now = time.perf_counter_ns()
+    count = 0
+    for live in list(_OPEN):
+        if (
+            live.root is live
+            and live.sampled
+            and live not in _ANNOUNCED
+            and now - live._perf >= min_age_s * 1e9
+        ):
+            _ANNOUNCED[live] = None
+            try:
+                live.trace._span_open(open_span_record(live))
+            except Exception:  # the announcer must outlive any one trace's trouble
+                continue
+            count += 1
+    for live in list(_ANNOUNCED):
+        if live not in _OPEN:
+            _ANNOUNCED.pop(live, None)
+    return count
+
+
+def _start_announcer() -> None:
+    from flowtrail.pipeline import start_thread
+
+    if _ANNOUNCER:
+        return
+    _ANNOUNCER.append(None)
+
+    def loop() -> None:
+        wait = threading.Event().wait
+        while True:
+            wait(ANNOUNCE_AFTER)
+            if _OPEN:
+                announce_open_spans()
+
+    try:
+        _ANNOUNCER[0] = start_thread(loop, "flowtrail-open-spans")
+    except RuntimeError:  # interpreter shutting down
+        pass
 
 
 on_fork_child(_forget_open_spans)

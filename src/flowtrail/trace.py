@@ -63,7 +63,14 @@ from flowtrail.lifecycle import (
 from flowtrail.logrecords import record_level
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent, json_safe
-from flowtrail.spans import LiveSpan, SpanScope, end_open_spans, open_spans, path_to_errors
+from flowtrail.spans import (
+    LiveSpan,
+    SpanScope,
+    end_open_spans,
+    is_open,
+    open_spans,
+    path_to_errors,
+)
 
 _getframe = sys._getframe
 _perf_counter_ns = time.perf_counter_ns
@@ -414,6 +421,7 @@ class Trace:
             exc = sys.exc_info()[1]
         if exc is None:
             return record
+        _first_escape(exc)  # a span it leaves later does not record it again
         return _replace(
             record,
             exception_type=type(exc).__qualname__,
@@ -585,6 +593,8 @@ class Trace:
                 handler.span_started(live)
 
     def _end_span(self, live: LiveSpan, exc: BaseException | None) -> Span | None:
+        if exc is not None and is_open(live) and _first_escape(exc):
+            self._submit(self._escape_record(live, exc))
         span = live._finish(exc)
         if span is None:  # ended by a signal, or opened in the parent before a fork
             return None
@@ -605,6 +615,34 @@ class Trace:
                 self._submit(kept)
             root.pending = []
         return span
+
+    def _escape_record(self, live: LiveSpan, exc: BaseException) -> Metadata | None:
+        """The exception record of ``exc`` leaving ``live`` (written once per exception,
+        by the innermost span it left): in the span, at the line that raised it, with its
+        type, message and stack, so `search` and ``--level error`` find it."""
+        if LEVELS["exception"] < self._min_level:
+            return None
+        last = exc.__traceback__
+        while last is not None and last.tb_next is not None:
+            last = last.tb_next
+        now = self._clock.now()
+        record = _replace(
+            self._templates["exception"],
+            message=f"{live.kind} {live.name} failed: {type(exc).__qualname__}: {exc}",
+            datetime=now,
+            created_at=now,
+            process=Pid.value,
+            thread=_get_ident(),
+            filename=_basename(last.tb_frame.f_code.co_filename) if last is not None else "",
+            lineno=last.tb_lineno if last is not None else 0,
+        )
+        return self._with_exception(_in_span(record, live), exc)
+
+    def _span_open(self, start: Span) -> None:
+        # Straight to the stores (a console prints the start itself; a with-block does not
+        # hold it: the start says the run is being written).
+        for pipeline in self._pipes:
+            pipeline.submit(start)
 
     def current_span(self) -> LiveSpan | None:
         """The span open in the current context, if any."""
@@ -673,7 +711,7 @@ class Trace:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc is not None and not _normal_exit(exc):
+            if exc is not None and not _normal_exit(exc) and _first_escape(exc):
                 record = self._make(f"{type(exc).__qualname__}: {exc}", "exception", 2, exc)
                 if record is not None and tb is not None:
                     # The line in the block that raised, not the line of the ``with``.
@@ -691,6 +729,24 @@ class Trace:
                 except ValueError:  # exited in another context
                     pass
             self.flush()
+
+
+_RECORDED = "__flowtrail_recorded__"
+
+
+def _first_escape(exc: BaseException) -> bool:
+    """Whether ``exc`` is to be recorded now: not a normal exit (``sys.exit(0)``,
+    ``GeneratorExit``) and not recorded already (by a span it left, ``trace.exception()``
+    or a ``with`` block). Marks it recorded."""
+    if _normal_exit(exc) or isinstance(exc, GeneratorExit):
+        return False
+    if getattr(exc, _RECORDED, False):
+        return False
+    try:
+        setattr(exc, _RECORDED, True)
+    except (AttributeError, TypeError):  # an exception class without a __dict__
+        pass
+    return True
 
 
 def _normal_exit(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ import msgspec
 
 from flowtrail.metrics import aggregate, metrics_dict
 from flowtrail.records import Metadata, Span, TraceData
+from flowtrail.status import run_status
 
 SCHEMA_ID = "https://flowtrail.dev/schema/run-1.json"
 
@@ -38,14 +39,17 @@ def run_document(
         doc = msgspec.to_builtins(span)
         doc["operation"] = f"{span.kind}.{span.name}"
         span_docs.append(doc)
-    ids = {x.span_id for x in spans}
-    failed = any(s.status == "error" for s in spans if s.parent_span_id not in ids)
+    state = run_status(records, spans, data.open_spans)
     return {
         "$schema": SCHEMA_ID,
         "run_id": run_id,
         "trace_id": trace_id,
         "workflow_name": workflow,
-        "status": "error" if failed else "ok",
+        "status": state.status,
+        "retried": state.retried,
+        "failures": state.failures,
+        "first_failure": state.first_failure,
+        "interrupted_by": state.interrupted_by,
         "spans": span_docs,
         "logs": msgspec.to_builtins(records if logs is None else logs),
         "metrics": metrics_dict(aggregate(spans)) if spans else None,
@@ -100,7 +104,11 @@ RUN_SCHEMA: dict[str, Any] = {
         "run_id": {"type": ["string", "null"]},
         "trace_id": {"type": ["string", "null"]},
         "workflow_name": {"type": ["string", "null"]},
-        "status": {"enum": ["ok", "error"]},
+        "status": {"enum": ["ok", "error", "interrupted", "running"]},
+        "retried": {"type": "integer", "minimum": 0},
+        "failures": {"type": "integer", "minimum": 0},
+        "first_failure": {"type": ["string", "null"]},
+        "interrupted_by": {"type": ["string", "null"]},
         "spans": {
             "type": "array",
             "items": {

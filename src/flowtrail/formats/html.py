@@ -216,7 +216,9 @@ def render_html(data: TraceData, *, run_id: str | None = None) -> str:
         f"<span>run <b>{html.escape(str(document['run_id']))}</b></span>",
         f"<span>trace {html.escape(str(document['trace_id']))}</span>",
         f"<span class='status status-{html.escape(status)}' id='run-status'>"
-        f"{html.escape(status)}</span>",
+        f"{html.escape(status)}"
+        + (" (retried)" if status == "ok" and document.get("retried") else "")
+        + "</span>",
     ]
     if total is not None:
         summary.append(f"<span>{duration_text(total)}</span>")

@@ -8,6 +8,7 @@ from typing import Any
 
 from flowtrail.metrics import Metrics, aggregate
 from flowtrail.records import Metadata, Span, TraceData, parse_iso
+from flowtrail.status import run_status
 
 OK_MARK = "✓"
 ERROR_MARK = "✗"
@@ -112,37 +113,57 @@ def render_tree(
 
 
 def render_summary(data: TraceData, metrics: Metrics | None = None) -> list[str]:
-    """The summary lines under a tree."""
+    """The summary lines under a tree: the run's status (`flowtrail.status`), then what
+    ran and what failed, each line counting what it names."""
     spans = data.spans
     error_records = sum(1 for r in data.meta if r.error_flag)
-    lines = ["Summary:"]
+    state = run_status(data.meta, spans, data.open_spans)
+    status = state.text
+    if state.status == "ok" and state.retried:
+        plural = "s" if state.retried != 1 else ""
+        status += f": {state.retried} failed attempt{plural} passed when retried"
+    elif state.open_spans and state.status in ("running", "interrupted"):
+        plural = "s" if state.open_spans != 1 else ""
+        status += f": {state.open_spans} span{plural} started and not ended"
+    lines = ["Summary:", f"- Status: {status}"]
     if not spans:
         lines.append(f"- Records: {len(data.meta)}")
         lines.append(f"- Error Records: {error_records}")
+        if state.first_failure:
+            lines.append(f"- First Failure: {state.first_failure}")
         return lines
     metrics = metrics or aggregate(spans)
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(metrics.kinds.items()))
     slowest = max(
         (s for s in spans if s.kind != "workflow"), key=lambda s: s.duration_ms, default=None
     )
+    nodes = [s for s in spans if s.kind != "workflow"]
+    nodes_ok = sum(1 for s in nodes if s.status != "error")
+    failed_spans = sum(1 for s in spans if s.status == "error")
     lines += [
         f"- Total Duration: {duration_text(metrics.total_duration_ms)}",
         f"- Spans: {metrics.span_count} ({kinds})",
-        f"- Nodes Executed: {metrics.node_count}",
-        f"- Errors: {metrics.error_count} span(s), {error_records} record(s)",
-        f"- Success Rate: {metrics.success_rate:.0%}",
+        f"- Nodes Executed: {len(nodes)} (spans below the workflow, retried attempts included)",
+        f"- Failures: {state.failures} ({failed_spans} span(s) ended in error, "
+        f"{error_records} error record(s))",
     ]
+    if nodes:
+        lines.append(
+            f"- Success Rate: {nodes_ok / len(nodes):.0%} of nodes ended ok "
+            f"({nodes_ok} of {len(nodes)})"
+        )
     if metrics.peak_memory_mb is not None:
         lines.append(f"- Peak Memory: {metrics.peak_memory_mb:.1f} MB")
     if slowest is not None:
         lines.append(
             f"- Slowest: {slowest.kind}.{slowest.name} ({duration_text(slowest.duration_ms)})"
         )
-    failed = [s for s in spans if s.status == "error"]
-    if failed:
-        first = min(failed, key=lambda s: s.end_ns)
+    first = next((s for s in spans if s.span_id == state.failed_span_id), None)
+    if first is not None:
         lines.append(
             f"- First Failure: {first.kind}.{first.name}: {first.status_message or 'error'}"
         )
         lines.extend(f"    {line}" for line in _raised_at(first))
+    elif state.first_failure:
+        lines.append(f"- First Failure: {state.first_failure}")
     return lines

@@ -13,7 +13,7 @@ from flowtrail.config import Settings
 from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig
 from flowtrail.logrecords import writing
-from flowtrail.records import Metadata
+from flowtrail.records import ERROR_LEVELS, Metadata
 
 
 class ConsoleConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -70,6 +70,10 @@ class ConsoleHandler(BaseHandler):
             bool(config.add_emoji),
         )(record)
         stream = sys.stderr if (record.error_flag and config.split_stderr) else sys.stdout
+        if record.stack_trace and record.level in ERROR_LEVELS:
+            # As stdlib's ``logger.exception``: the line, then the traceback (which ends
+            # with the exception's type and message).
+            line = f"{line}\n{record.stack_trace.rstrip()}"
         self._print(line, stream)
 
     def _print(self, line: str, stream: Any) -> None:

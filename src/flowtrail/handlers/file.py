@@ -41,6 +41,7 @@ from flowtrail.handlers.base import (
 from flowtrail.handlers.query import RecordFilter, parse_time, sort_by_time, summarize
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
+from flowtrail.status import split_open
 
 _FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
 _ERROR_FLAG = attrgetter("error_flag")
@@ -374,12 +375,18 @@ class FileHandler(BaseHandler, StoreReader):
         folders.sort(key=lambda p: _mtime(p / "metadata.txt"), reverse=True)
         return folders
 
+    def _finished_and_open(self, folder: Path) -> tuple[list[Any], list[Any]]:
+        """The finished spans of a run folder, and the spans started and not ended."""
+        return split_open(self._read_spans(folder))
+
     def _trace_of(self, folder: Path) -> TraceData:
+        spans, still_open = self._finished_and_open(folder)
         return TraceData(
             stdout=self._read_text(folder / "stdout.txt"),
             stderr=self._read_text(folder / "stderr.txt"),
             meta=self._read_records(folder / "metadata.txt"),
-            spans=self._read_spans(folder),
+            spans=spans,
+            open_spans=still_open,
         )
 
     def find_traces(self) -> Iterator[TraceData]:
@@ -405,6 +412,7 @@ class FileHandler(BaseHandler, StoreReader):
                 data.stderr += extra.stderr
                 data.meta.extend(extra.meta)
                 data.spans.extend(extra.spans)
+                data.open_spans.extend(extra.open_spans)
             if children:
                 sort_by_time(data.meta)
         return self.found(run_id, data, force_raise)
@@ -444,10 +452,10 @@ class FileHandler(BaseHandler, StoreReader):
         summaries = []
         for folder in self._run_folders():
             records = self._read_records(folder / "metadata.txt")
-            spans = self._read_spans(folder)
-            if not records and not spans:
+            spans, still_open = self._finished_and_open(folder)
+            if not records and not spans and not still_open:
                 continue
-            summary = summarize(records, spans)
+            summary = summarize(records, spans, still_open)
             if workflow is None or summary.workflow_name == workflow:
                 summaries.append(summary)
         summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
@@ -481,7 +489,7 @@ class FileHandler(BaseHandler, StoreReader):
         found = [
             span
             for folder in folders
-            for span in self._read_spans(folder)
+            for span in self._finished_and_open(folder)[0]
             if (workflow is None or span.workflow_name == workflow)
             and (trace_id is None or span.trace_id == trace_id)
         ]

@@ -89,20 +89,30 @@ class RecordFilter:
         return True
 
 
-def summarize(records: Sequence[Metadata], spans: Sequence[Span] = ()) -> RunSummary:
-    """The summary of one run's records and spans."""
+def summarize(
+    records: Sequence[Metadata], spans: Sequence[Span] = (), open_spans: Sequence[Span] = ()
+) -> RunSummary:
+    """The summary of one run's records, finished spans and open spans (its status by
+    `flowtrail.status.run_status`)."""
+    from flowtrail.status import run_status
+
     first = records[0] if records else None
+    some_span = spans[0] if spans else open_spans[0] if open_spans else None
     times = sorted(
-        [r.datetime for r in records] + [s.start_time for s in spans] + [s.end_time for s in spans]
+        [r.datetime for r in records]
+        + [s.start_time for s in spans]
+        + [s.end_time for s in spans]
+        + [s.start_time for s in open_spans]
     )
     workflow = next((r.workflow_name for r in records if r.workflow_name), None) or next(
-        (s.workflow_name for s in spans if s.workflow_name), None
+        (s.workflow_name for s in (*spans, *open_spans) if s.workflow_name), None
     )
     ids = {span.span_id for span in spans}
     top = [span for span in spans if span.parent_span_id not in ids]
+    status = run_status(records, spans, open_spans)
     return RunSummary(
-        run_id=first.run_id if first else spans[0].run_id,
-        parent_run_id=first.parent_run_id if first else spans[0].parent_run_id,
+        run_id=first.run_id if first else some_span.run_id,  # type: ignore[union-attr]
+        parent_run_id=first.parent_run_id if first else some_span.parent_run_id,  # type: ignore[union-attr]
         workflow_name=workflow,
         start=times[0] if times else None,
         end=times[-1] if times else None,
@@ -112,4 +122,8 @@ def summarize(records: Sequence[Metadata], spans: Sequence[Span] = ()) -> RunSum
         spans=len(spans),
         span_errors=sum(1 for s in spans if s.status == "error"),
         span_status=("error" if any(s.status == "error" for s in top) else "ok") if spans else None,
+        status=status.status,
+        retried=status.retried,
+        failures=status.failures,
+        interrupted_by=status.interrupted_by,
     )

@@ -33,6 +33,7 @@ from flowtrail.config import DEFAULT_LOG_FORMAT_FILE, ConfigError, Settings
 from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
 from flowtrail.handlers.query import check_level, parse_time, sort_by_time
+from flowtrail.lifecycle import INTERRUPTED
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import (
     ERROR_LEVELS,
@@ -45,6 +46,7 @@ from flowtrail.records import (
     SpanEvent,
     TraceData,
 )
+from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, run_status, split_open
 from flowtrail.timeparse import parse_time_filter
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
@@ -233,6 +235,9 @@ class SQLiteHandler(BaseHandler, StoreReader):
             )
             + "\n)",
             f"CREATE INDEX IF NOT EXISTS {table}_spans_run ON {table}_spans (run_id, start_ns)",
+            # Span starts (open spans): few rows, found without a scan by `runs`.
+            f"CREATE INDEX IF NOT EXISTS {table}_spans_open ON {table}_spans (run_id) "
+            f"WHERE status = '{OPEN_SPAN_STATUS}'",
         ]
         for attempt in range(50):
             try:
@@ -411,14 +416,16 @@ class SQLiteHandler(BaseHandler, StoreReader):
         return [_record(row) for row in rows]
 
     def _trace_data(self, meta: list[Metadata], spans: list[Span], text: bool = True) -> TraceData:
+        spans, still_open = split_open(spans)
         if not text:
-            return TraceData(meta=meta, spans=spans)
+            return TraceData(meta=meta, spans=spans, open_spans=still_open)
         line = compile_line_format(self.config.format or DEFAULT_LOG_FORMAT_FILE)
         return TraceData(
             stdout="".join(line(r) + "\n" for r in meta if not r.error_flag),
             stderr="".join(line(r) + "\n" for r in meta if r.error_flag),
             meta=meta,
             spans=spans,
+            open_spans=still_open,
         )
 
     def find_trace_with_id(
@@ -460,7 +467,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         limit: int | None = None,
     ) -> list[Span]:
         """Finished spans, oldest first, filtered by run, workflow or trace."""
-        clauses, params = ["1 = 1"], []
+        clauses, params = [f"status != '{OPEN_SPAN_STATUS}'"], []
         for column, value in (
             ("run_id", run_id),
             ("workflow_name", workflow),
@@ -527,6 +534,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         errors = ", ".join(f"'{name}'" for name in sorted(ERROR_LEVELS))
         table = self.table
+        unset = OPEN_SPAN_STATUS
         conn = self._reader()
         try:
             logs = conn.execute(
@@ -536,8 +544,8 @@ class SQLiteHandler(BaseHandler, StoreReader):
             ).fetchall()
             spans = conn.execute(
                 f"SELECT run_id, MAX(parent_run_id), MAX(workflow_name), MIN(start_time), "
-                f"MAX(end_time), COUNT(*), SUM(status = 'error') FROM {table}_spans "
-                "GROUP BY run_id"
+                f"MAX(end_time), SUM(status != '{unset}'), SUM(status = 'error') "
+                f"FROM {table}_spans GROUP BY run_id"
             ).fetchall()
             # A run's outcome is that of its top spans (a failed attempt that was
             # retried inside does not fail the run).
@@ -545,8 +553,10 @@ class SQLiteHandler(BaseHandler, StoreReader):
                 f"SELECT run_id, MAX(status = 'error') FROM {table}_spans "
                 "WHERE parent_span_id IS NULL GROUP BY run_id"
             ).fetchall()
+            facts = _status_facts(conn, table, [row[0] for row in spans if row[6]])
         finally:
             conn.close()
+        error_records, failing_spans, still_open = facts
         summaries: dict[str, RunSummary] = {}
         for row in logs:
             summaries[row[0]] = RunSummary(
@@ -567,9 +577,26 @@ class SQLiteHandler(BaseHandler, StoreReader):
                 workflow_name=summary.workflow_name or row[2],
                 start=min(x for x in (summary.start, row[3]) if x) if summary.start else row[3],
                 end=max(x for x in (summary.end, row[4]) if x) if summary.end else row[4],
-                spans=row[5],
+                spans=row[5] or 0,
                 span_errors=row[6] or 0,
-                span_status=root_status.get(row[0]),
+                span_status=root_status.get(row[0]) if row[5] else None,
+            )
+        for run_id, summary in summaries.items():
+            quiet = run_id not in error_records and run_id not in failing_spans
+            if quiet and run_id not in still_open:
+                summaries[run_id] = msgspec.structs.replace(summary, status="ok")
+                continue
+            status = run_status(
+                error_records.get(run_id, ()),
+                failing_spans.get(run_id, ()),
+                still_open.get(run_id, ()),
+            )
+            summaries[run_id] = msgspec.structs.replace(
+                summary,
+                status=status.status,
+                retried=status.retried,
+                failures=status.failures,
+                interrupted_by=status.interrupted_by,
             )
         return _select_runs(list(summaries.values()), workflow, limit)
 
@@ -591,6 +618,65 @@ class SQLiteHandler(BaseHandler, StoreReader):
         finally:
             conn.close()
         return sorted(found)[:limit] if limit is not None else sorted(found)
+
+
+class _OpenSpan(msgspec.Struct, frozen=True):
+    span_id: str
+    process: int
+    hostname: str | None
+
+
+def _status_facts(
+    conn: sqlite3.Connection, table: str, failing_runs: list[str]
+) -> tuple[dict[str, list[RecordFacts]], dict[str, list[SpanFacts]], dict[str, list[_OpenSpan]]]:
+    """What `run_status` needs of every run, read without decoding whole rows: the error
+    records, the spans of the runs that have a span in error, and the open spans (span
+    starts whose end is not stored; an index seek each)."""
+    records: dict[str, list[RecordFacts]] = {}
+    for run_id, span_id, level, message, kind, text, metadata in conn.execute(
+        f"SELECT run_id, span_id, level, message, exception_type, exception_message, "
+        f"CASE WHEN metadata LIKE '%\"{INTERRUPTED}\"%' THEN metadata END "
+        f"FROM {table} WHERE error_flag"
+    ):
+        # The metadata is decoded only for the few records that name a signal.
+        signal = _json_decode(metadata).get(INTERRUPTED) if metadata else None
+        records.setdefault(run_id, []).append(
+            RecordFacts(
+                span_id, level, message, kind, text, {INTERRUPTED: signal} if signal else {}
+            )
+        )
+    spans: dict[str, list[SpanFacts]] = {}
+    for start in range(0, len(failing_runs), 500):
+        chunk = failing_runs[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        for row in conn.execute(
+            f"SELECT run_id, span_id, parent_span_id, kind, name, start_ns, status, "
+            f"status_message, CASE WHEN status = 'error' THEN attributes END "
+            f"FROM {table}_spans WHERE run_id IN ({marks}) AND status != '{OPEN_SPAN_STATUS}'",
+            chunk,
+        ):
+            run_id, span_id, parent, kind, name, start_ns, status, message, attributes = row
+            spans.setdefault(run_id, []).append(
+                SpanFacts(
+                    span_id,
+                    parent,
+                    kind,
+                    name,
+                    start_ns,
+                    status,
+                    message,
+                    _json_decode(attributes) if attributes else {},
+                )
+            )
+    still_open: dict[str, list[_OpenSpan]] = {}
+    for run_id, span_id, process, hostname in conn.execute(
+        f"SELECT run_id, span_id, process, hostname FROM {table}_spans AS o "
+        f"WHERE status = '{OPEN_SPAN_STATUS}' AND NOT EXISTS (SELECT 1 FROM {table}_spans AS e "
+        "WHERE e.run_id = o.run_id AND e.start_ns = o.start_ns AND e.span_id = o.span_id "
+        f"AND e.status != '{OPEN_SPAN_STATUS}')"
+    ):
+        still_open.setdefault(run_id, []).append(_OpenSpan(span_id, process or 0, hostname))
+    return records, spans, still_open
 
 
 def _next_id(conn: sqlite3.Connection, table: str, after: str | None, low: str) -> str | None:
