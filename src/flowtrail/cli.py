@@ -241,40 +241,118 @@ def _write(text: str) -> None:
 @click.option(
     "--children/--no-children", default=True, show_default=True, help="Include child runs."
 )
-def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, children: bool) -> None:
+@click.option(
+    "--summary", "summary_only", is_flag=True, help="Only the summary (status, first failure...)."
+)
+@click.option("--level", default=None, help="Only records at or above this level.")
+@click.option("--span", "span_name", default=None, help="Only spans named NAME (or KIND.NAME).")
+@click.option(
+    "--errors", is_flag=True, help="Only failed spans with their logs, and error records."
+)
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="Spans N levels deep.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N records.")
+@click.option("--pager/--no-pager", default=True, help="Page a long output on a terminal.")
+def show(
+    run_id: str | None,
+    store_url: str | None,
+    failed: bool,
+    fmt: str,
+    children: bool,
+    summary_only: bool,
+    level: str | None,
+    span_name: str | None,
+    errors: bool,
+    depth: int | None,
+    limit: int | None,
+    pager: bool,
+) -> None:
     """Print one run (default: the newest; --failed: the newest that failed): its tree of
-    spans with their logs, then a summary with the first failure."""
-    from flowtrail.formats.document import run_json
-    from flowtrail.formats.tree import render_tree
+    spans with their logs, then a summary with the first failure. Runs of any size are
+    read as they are printed."""
+    from flowtrail.formats.document import run_json_chunks
+    from flowtrail.formats.stream import (
+        Selection,
+        ShowFilter,
+        record_lines,
+        summary_lines,
+        tree_lines,
+    )
+    from flowtrail.handlers.query import check_level
+    from flowtrail.paging import write_lines
 
+    try:
+        check_level(level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--level") from None
+    options = ShowFilter(level=level, span=span_name, errors=errors, depth=depth, limit=limit)
     store = _store(store_url)
     if run_id is None:
         run_id = _newest_run(store, failed)
     status = Console(stderr=True)
     with status.status("reading the run…") if status.is_terminal else _nothing():
-        data = _load_run(store, run_id, children)
-    if fmt == "json":
-        _write(run_json(data, run_id=run_id) + "\n")
-        return
-    if fmt == "human" and data.spans:
-        text = render_tree(data, run_id=run_id)
-        console = _console()
-        if console.is_terminal:
-            _print_styled_tree(text, console)
-        else:
-            _write(text)
-        return
+        try:
+            spans = store.run_spans(run_id, include_children=children)
+            counts = store.record_counts(run_id, include_children=children)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    if not spans and not counts.records:
+        raise click.ClickException(f"no records of run {run_id!r} in this store")
     console = _console()
-    first, last = data.meta[0], data.meta[-1]
-    errors = [r for r in data.meta if r.level in ERROR_LEVELS]
-    workflow = next((r.workflow_name for r in data.meta if r.workflow_name), "-")
-    click.echo(f"Run {run_id}  workflow={workflow}  records={len(data.meta)}  errors={len(errors)}")
-    click.echo(f"From {first.datetime} to {last.datetime}")
-    click.echo("")
-    _print_records(data.meta, console)
-    if errors:
-        click.echo("")
-        click.echo(f"{len(errors)} error record(s); first: {errors[0].message}")
+    selection = Selection(spans, options)
+
+    def records() -> Any:
+        # Only the levels asked for are read (--errors needs every level of failed spans).
+        return store.iter_records(
+            run_id, include_children=children, level=None if errors else level
+        )
+
+    if fmt == "json":
+        shown = (s for s in spans if selection.span_shown(s))
+        chosen = (r for r in records() if selection.record_shown(r, selection.owner(r)))
+        if options.limit is not None:
+            from itertools import islice
+
+            chosen = islice(chosen, options.limit)
+        _write_chunks(run_json_chunks(list(shown), chosen, run_id=run_id, first=counts.first))
+        return
+    if summary_only:
+        lines: Any = summary_lines(spans, counts)
+    elif fmt == "human" and spans:
+        lines = tree_lines(spans, records(), run_id=run_id, counts=counts, options=options)
+    else:
+        workflow = counts.first.workflow_name if counts.first else None
+        workflow = workflow or next((s.workflow_name for s in spans if s.workflow_name), None)
+        lines = record_lines(records(), selection, run_id=run_id, counts=counts, workflow=workflow)
+    write_lines(lines, terminal=console.is_terminal, pager=pager, style=_styled_line)
+
+
+def _write_chunks(chunks: Any) -> None:
+    from flowtrail.paging import write_text
+
+    write_text(chunks)
+
+
+def _styled_line(line: str) -> str:
+    """A line of ``show`` on a terminal: failures red, warnings yellow, span starts bold."""
+    for mark, (color, bold, dim) in _LINE_STYLES:
+        if mark in line:
+            return click.style(line, fg=color, bold=bold, dim=dim)
+    return line
+
+
+_LINE_STYLES = (
+    ("✗", ("red", True, False)),
+    ("[EXCEPTION]", ("red", True, False)),
+    (" EXCEPTION ", ("red", True, False)),
+    ("[ERROR]", ("red", False, False)),
+    (" ERROR ", ("red", False, False)),
+    ("! ", ("red", False, False)),
+    ("[WARNING]", ("yellow", False, False)),
+    (" WARNING ", ("yellow", False, False)),
+    ("[DEBUG]", (None, False, True)),
+    ("✓", ("green", False, False)),
+    ("→", (None, True, False)),
+)
 
 
 @main.command()

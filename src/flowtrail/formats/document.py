@@ -3,41 +3,55 @@ Schema it follows, for other tools to import."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
+from flowtrail.handlers.query import without_log_events
 from flowtrail.metrics import aggregate, metrics_dict
-from flowtrail.records import TraceData
+from flowtrail.records import Metadata, Span, TraceData
 
 SCHEMA_ID = "https://flowtrail.dev/schema/run-1.json"
 
 
-def run_document(data: TraceData, *, run_id: str | None = None) -> dict[str, Any]:
-    """A plain-data document of one run."""
-    spans = sorted(data.spans, key=lambda s: (s.start_ns, s.end_ns))
-    records = data.meta
+def _span_doc(span: Span) -> dict[str, Any]:
+    # A span's ``log`` events repeat the records written in it, which are in "logs"
+    # (with the span's id): the document holds each log once.
+    doc = msgspec.to_builtins(without_log_events(span))
+    doc["operation"] = f"{span.kind}.{span.name}"
+    return doc
+
+
+def _head(
+    spans: list[Span], records: list[Metadata], run_id: str | None, workflow: str | None = None
+) -> dict[str, Any]:
+    """The document's fields before its logs."""
     run_id = run_id or (records[0].run_id if records else spans[0].run_id if spans else None)
     trace_id = spans[0].trace_id if spans else (records[0].trace_id if records else None)
-    workflow = next((r.workflow_name for r in records if r.workflow_name), None) or next(
-        (s.workflow_name for s in spans if s.workflow_name), None
+    workflow = (
+        workflow
+        or next((r.workflow_name for r in records if r.workflow_name), None)
+        or next((s.workflow_name for s in spans if s.workflow_name), None)
     )
-    span_docs = []
-    for span in spans:
-        doc = msgspec.to_builtins(span)
-        doc["operation"] = f"{span.kind}.{span.name}"
-        span_docs.append(doc)
-    failed = any(
-        s.status == "error" for s in spans if s.parent_span_id not in {x.span_id for x in spans}
-    )
+    ids = {s.span_id for s in spans}
+    failed = any(s.status == "error" for s in spans if s.parent_span_id not in ids)
     return {
         "$schema": SCHEMA_ID,
         "run_id": run_id,
         "trace_id": trace_id,
         "workflow_name": workflow,
         "status": "error" if failed else "ok",
-        "spans": span_docs,
-        "logs": msgspec.to_builtins(records),
+        "spans": [_span_doc(span) for span in spans],
+    }
+
+
+def run_document(data: TraceData, *, run_id: str | None = None) -> dict[str, Any]:
+    """A plain-data document of one run."""
+    spans = sorted(data.spans, key=lambda s: (s.start_ns, s.end_ns))
+    return {
+        **_head(spans, data.meta, run_id),
+        "logs": msgspec.to_builtins(data.meta),
         "metrics": metrics_dict(aggregate(spans)) if spans else None,
     }
 
@@ -46,6 +60,58 @@ def run_json(data: TraceData, *, run_id: str | None = None, indent: int = 2) -> 
     """The JSON text of `run_document`."""
     raw = msgspec.json.encode(run_document(data, run_id=run_id))
     return msgspec.json.format(raw, indent=indent).decode() if indent else raw.decode()
+
+
+def run_json_chunks(
+    spans: list[Span],
+    records: Iterable[Metadata],
+    *,
+    run_id: str,
+    first: Metadata | None = None,
+    indent: int = 2,
+) -> Iterator[str]:
+    """The text of `run_json` in pieces, reading ``records`` as it goes: a run of any
+    size is written in bounded memory. ``first`` (the run's first record) gives the trace
+    id and workflow when there are no spans."""
+    spans = sorted(spans, key=lambda s: (s.start_ns, s.end_ns))
+    head = _head([], [first] if first else [], run_id)
+    if spans:
+        head.update(_head(spans[:1], [], run_id, head["workflow_name"]))
+        ids = {s.span_id for s in spans}
+        failed = any(s.status == "error" for s in spans if s.parent_span_id not in ids)
+        head["status"] = "error" if failed else "ok"
+    del head["spans"]
+    encode = msgspec.json.encode
+    pad = " " * indent
+    sep = ",\n" + pad if indent else ","
+
+    def pretty(value: Any, depth: int) -> str:
+        if not indent:
+            return encode(value).decode()
+        text = msgspec.json.format(encode(value), indent=indent).decode()
+        return text.replace("\n", "\n" + pad * depth)
+
+    def array(name: str, items: Iterable[Any]) -> Iterator[str]:
+        yield sep + (f'"{name}": [' if indent else f'"{name}":[')
+        batch: list[str] = []
+        empty = True
+        for item in items:
+            batch.append(("\n" + pad * 2 if indent else "") + pretty(item, 2))
+            if len(batch) >= 500:
+                yield ("" if empty else ",") + ",".join(batch)
+                empty, batch = False, []
+        if batch:
+            yield ("" if empty else ",") + ",".join(batch)
+            empty = False
+        yield "]" if empty or not indent else "\n" + pad + "]"
+
+    text = pretty(head, 0)
+    yield text[: text.rindex("}")].rstrip()
+    yield from array("spans", map(_span_doc, spans))
+    yield from array("logs", records)
+    metrics = metrics_dict(aggregate(spans)) if spans else None
+    yield sep + ('"metrics": ' if indent else '"metrics":') + pretty(metrics, 1)
+    yield "\n}" if indent else "}"
 
 
 _STATS = {

@@ -18,6 +18,7 @@ lines twice.
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 import stat
 from collections import OrderedDict
@@ -37,9 +38,27 @@ from flowtrail.handlers.base import (
     StoreReader,
     check_run_id,
 )
-from flowtrail.handlers.query import RecordFilter, parse_time, sort_by_time, summarize
+from flowtrail.handlers.query import (
+    RecordCounts,
+    RecordFilter,
+    check_level,
+    events_without_logs,
+    merge_counts,
+    parse_time,
+    sort_by_time,
+    span_compactor,
+    summarize,
+)
 from flowtrail.pipeline import PartialExport
-from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
+from flowtrail.records import (
+    LEVELS,
+    Metadata,
+    RunSummary,
+    Span,
+    TraceData,
+    decode_metadata,
+    encode_lines,
+)
 
 _FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
 _ERROR_FLAG = attrgetter("error_flag")
@@ -383,6 +402,44 @@ class FileHandler(BaseHandler, StoreReader):
             sort_by_time(data.meta)
         return data
 
+    def _run_and_children(self, run_id: str, include_children: bool) -> list[Path]:
+        self._flush_own()
+        folder = self.run_dir(run_id)
+        return [folder, *(self._child_folders(run_id) if include_children else ())]
+
+    def iter_records(
+        self, run_id: str, *, include_children: bool = False, level: str | None = None
+    ) -> Iterator[Metadata]:
+        minimum = check_level(level) or 0
+        streams = [
+            _iter_lines(folder / "metadata.txt", decode_metadata)
+            for folder in self._run_and_children(run_id, include_children)
+        ]
+        # Each run in its written order; a parent and its children merged by time.
+        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_DATETIME)
+        if not minimum:
+            yield from merged
+            return
+        for record in merged:
+            if LEVELS.get(record.level, 0) >= minimum:
+                yield record
+
+    def run_spans(self, run_id: str, *, include_children: bool = False) -> list[Any]:
+        compact = span_compactor()
+        spans = [
+            compact(span)
+            for folder in self._run_and_children(run_id, include_children)
+            for span in _iter_lines(folder / "spans.txt", _decode_span_without_logs)
+        ]
+        spans.sort(key=_START_NS)
+        return spans
+
+    def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
+        counts = RecordCounts()
+        for folder in self._run_and_children(run_id, include_children):
+            counts = merge_counts(counts, _count_records(folder / "metadata.txt"))
+        return counts
+
     def _child_folders(self, run_id: str) -> list[Path]:
         children = []
         for folder in self._run_folders():
@@ -487,6 +544,80 @@ def _after_torn_fragment(raw: bytes, decode: Any) -> Any:
         except (msgspec.DecodeError, msgspec.ValidationError):
             start = raw.find(b'{"', start + 1)
     return None
+
+
+class _Flag(msgspec.Struct):
+    """The one field a count needs (msgspec skips the others without building them)."""
+
+    error_flag: bool = False
+
+
+_decode_flag = msgspec.json.Decoder(_Flag).decode
+_DATETIME = attrgetter("datetime")
+_START_NS = attrgetter("start_ns")
+
+
+class _SpanLine(Span, frozen=True, gc=False):
+    """A line of spans.txt with its events left as JSON text."""
+
+    events: msgspec.Raw = msgspec.Raw(b"[]")  # type: ignore[assignment]
+
+
+_decode_span_line = msgspec.json.Decoder(_SpanLine).decode
+_SPAN_EVENTS = Span.__struct_fields__.index("events")
+
+
+def _decode_span_without_logs(line: bytes) -> Span:
+    """A span of spans.txt without its ``log`` events (which are never built)."""
+    values = list(msgspec.structs.astuple(_decode_span_line(line)))
+    values[_SPAN_EVENTS] = events_without_logs(bytes(values[_SPAN_EVENTS]))
+    return Span(*values)
+
+
+def _iter_lines(path: Path, decode: Any, raw: bool = False) -> Iterator[Any]:
+    """The records of a JSON-lines file, one line at a time (a torn line is read as
+    `FileHandler._read_records` reads it); with ``raw``, ``(line, record)`` pairs."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            line = line.rstrip(b"\n")
+            if not line:
+                continue
+            try:
+                record = decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                record = _after_torn_fragment(line, decode)
+                if record is None:
+                    continue
+                start = line.find(b'{"', 1)
+                line = line[start:]
+            yield (line, record) if raw else record
+
+
+def _count_records(path: Path) -> RecordCounts:
+    """`RecordCounts` of one metadata.txt, decoding one field a line (and the whole of
+    only the first, last and first error record)."""
+    total = errors = 0
+    first = last = first_error = None
+    for line, flag in _iter_lines(path, _decode_flag, raw=True):
+        total += 1
+        if first is None:
+            first = line
+        last = line
+        if flag.error_flag:
+            errors += 1
+            if first_error is None:
+                first_error = line
+    return RecordCounts(
+        records=total,
+        error_records=errors,
+        first=decode_metadata(first) if first else None,
+        last=decode_metadata(last) if last else None,
+        first_error=decode_metadata(first_error) if first_error else None,
+    )
 
 
 def _first_record(path: Path) -> Metadata | None:

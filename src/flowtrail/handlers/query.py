@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary, Span, parse_iso
+import msgspec
+
+from flowtrail.records import (
+    ERROR_LEVELS,
+    LEVELS,
+    Metadata,
+    RunSummary,
+    Span,
+    SpanEvent,
+    parse_iso,
+)
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
 
@@ -110,4 +120,119 @@ def summarize(records: Sequence[Metadata], spans: Sequence[Span] = ()) -> RunSum
         spans=len(spans),
         span_errors=sum(1 for s in spans if s.status == "error"),
         span_status=("error" if any(s.status == "error" for s in top) else "ok") if spans else None,
+    )
+
+
+class RecordCounts(msgspec.Struct, kw_only=True):
+    """What a summary needs of a run's records without reading them all into memory:
+    how many, how many have the error flag, and the first, last and first error record."""
+
+    records: int = 0
+    error_records: int = 0
+    first: Metadata | None = None
+    last: Metadata | None = None
+    first_error: Metadata | None = None
+
+    def add(self, record: Metadata) -> None:
+        """Count one more record (in the order they were written)."""
+        self.records += 1
+        if self.first is None:
+            self.first = record
+        self.last = record
+        if record.error_flag:
+            self.error_records += 1
+            if self.first_error is None:
+                self.first_error = record
+
+
+#: Span fields whose values repeat from span to span of a run.
+_SHARED_FIELDS = (
+    "run_id",
+    "trace_id",
+    "name",
+    "kind",
+    "parent_run_id",
+    "workflow_name",
+    "job_name",
+    "stage_name",
+    "hostname",
+)
+
+
+class _EventName(msgspec.Struct):
+    name: str = ""
+
+
+#: One empty list for the spans that have no events left (spans are frozen).
+_NO_EVENTS: list[SpanEvent] = []
+_event_names = msgspec.json.Decoder(list[_EventName]).decode
+_events = msgspec.json.Decoder(list[SpanEvent]).decode
+
+
+def events_without_logs(raw: bytes | str | None) -> list[SpanEvent]:
+    """A span's events from their JSON text, without its ``log`` events, reading only
+    the names of the events it drops (a run's 1,000,000 log events are never built)."""
+    if not raw:
+        return []
+    names = [event.name for event in _event_names(raw)]
+    if "log" not in names:
+        return _events(raw)
+    if names.count("log") == len(names):
+        return _NO_EVENTS
+    return [event for event in _events(raw) if event.name != "log"]
+
+
+def span_compactor() -> Callable[[Span], Span]:
+    """A function that returns a span without its ``log`` events and with its repeated
+    names shared with the spans it saw before: 100,000 spans of a run then hold their run
+    id, trace id, workflow, job and host names once (it halves their memory)."""
+    shared: dict[str, str] = {}
+    share = shared.setdefault
+
+    def compact(span: Span) -> Span:
+        changes: dict[str, Any] = {}
+        for name in _SHARED_FIELDS:
+            value = getattr(span, name)
+            if value is not None:
+                changes[name] = share(value, value)
+        if span.events and any(event.name == "log" for event in span.events):
+            changes["events"] = [event for event in span.events if event.name != "log"]
+        return msgspec.structs.replace(span, **changes)
+
+    return compact
+
+
+def without_log_events(span: Span) -> Span:
+    """``span`` without its ``log`` events: they repeat the run's records (each record
+    written in a span is attached to it as an event), so a reader that has the records
+    need not hold them twice."""
+    events = span.events
+    if not events or not any(event.name == "log" for event in events):
+        return span
+    return msgspec.structs.replace(span, events=[e for e in events if e.name != "log"])
+
+
+def level_names(level: str | None) -> list[str] | None:
+    """The level names at or above ``level`` (None: no filter)."""
+    minimum = check_level(level)
+    if minimum is None:
+        return None
+    return [name for name, value in LEVELS.items() if value >= minimum]
+
+
+def merge_counts(a: RecordCounts, b: RecordCounts) -> RecordCounts:
+    """The counts of two runs read together (a parent and its child runs)."""
+
+    def pick(x: Metadata | None, y: Metadata | None, last: bool = False) -> Metadata | None:
+        if x is None or y is None:
+            return x or y
+        later = parse_time(y.datetime) > parse_time(x.datetime)
+        return y if later == last else x
+
+    return RecordCounts(
+        records=a.records + b.records,
+        error_records=a.error_records + b.error_records,
+        first=pick(a.first, b.first),
+        last=pick(a.last, b.last, last=True),
+        first_error=pick(a.first_error, b.first_error),
     )

@@ -17,12 +17,14 @@ returns True survives a power loss too (see benchmarks/README.md for its cost).
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -31,7 +33,18 @@ import msgspec
 from flowtrail.config import DEFAULT_LOG_FORMAT_FILE, ConfigError, Settings
 from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
-from flowtrail.handlers.query import check_level, parse_time, sort_by_time
+from flowtrail.handlers.query import (
+    RecordCounts,
+    check_level,
+    events_without_logs,
+    level_names,
+    parse_time,
+    sort_by_time,
+    span_compactor,
+)
+from flowtrail.handlers.query import (
+    merge_counts as _merge_counts,
+)
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import (
     ERROR_LEVELS,
@@ -442,6 +455,90 @@ class SQLiteHandler(BaseHandler, StoreReader):
             conn.close()
         return [_span_record(row) for row in rows]
 
+    def _iter_select(self, sql: str, params: Sequence[Any], convert: Any) -> Iterator[Any]:
+        """``convert`` of each row of ``sql``, fetched a batch at a time."""
+        conn = self._reader()
+        try:
+            cursor = conn.execute(sql, params)
+            while rows := cursor.fetchmany(2000):
+                yield from map(convert, rows)
+        finally:
+            conn.close()
+
+    def _run_ids(self, run_id: str, include_children: bool) -> list[str]:
+        """``run_id`` and, with ``include_children``, the runs whose parent it is."""
+        if not include_children:
+            return [run_id]
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT DISTINCT run_id FROM {self.table} WHERE parent_run_id = ? AND run_id != ?",
+                (run_id, run_id),
+            ).fetchall()
+        finally:
+            conn.close()
+        return [run_id, *sorted(row[0] for row in rows)]
+
+    def iter_records(
+        self, run_id: str, *, include_children: bool = False, level: str | None = None
+    ) -> Iterator[Metadata]:
+        names = level_names(level)
+        where = "run_id = ?"
+        if names:
+            where += f" AND level IN ({', '.join('?' for _ in names)})"
+        sql = f"SELECT {', '.join(METADATA_FIELDS)} FROM {self.table} WHERE {where} ORDER BY id"
+        streams = [
+            self._iter_select(sql, (run, *(names or ())), _record)
+            for run in self._run_ids(run_id, include_children)
+        ]
+        if len(streams) == 1:
+            yield from streams[0]
+        else:  # each run in its own written order, the runs merged by time
+            yield from heapq.merge(*streams, key=attrgetter("datetime"))
+
+    def run_spans(self, run_id: str, *, include_children: bool = False) -> list[Span]:
+        where, params = "run_id = ?", (run_id,)
+        if include_children:
+            where, params = "run_id = ? OR parent_run_id = ?", (run_id, run_id)
+        sql = (
+            f"SELECT {', '.join(SPAN_FIELDS)} FROM {self.table}_spans WHERE {where} "
+            "ORDER BY start_ns, id"
+        )
+        return list(self._iter_select(sql, params, _span_loader()))
+
+    def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
+        table, names = self.table, ", ".join(METADATA_FIELDS)
+        counts = RecordCounts()
+        conn = self._reader()
+        try:
+            for run in self._run_ids(run_id, include_children):
+
+                def one(sql: str, run: str = run) -> Metadata | None:
+                    row = conn.execute(
+                        f"SELECT {names} FROM {table} WHERE run_id = ? {sql} LIMIT 1", (run,)
+                    ).fetchone()
+                    return None if row is None else _record(row)
+
+                (total,) = conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE run_id = ?", (run,)
+                ).fetchone()
+                (errors,) = conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE run_id = ? AND error_flag", (run,)
+                ).fetchone()
+                counts = _merge_counts(
+                    counts,
+                    RecordCounts(
+                        records=total,
+                        error_records=errors,
+                        first=one("ORDER BY id"),
+                        last=one("ORDER BY id DESC"),
+                        first_error=one("AND error_flag ORDER BY id") if errors else None,
+                    ),
+                )
+        finally:
+            conn.close()
+        return counts
+
     def spans(
         self,
         *,
@@ -622,6 +719,20 @@ _SPAN_ATTRIBUTES = SPAN_FIELDS.index("attributes")
 _SPAN_EVENTS = SPAN_FIELDS.index("events")
 _SPAN_JSON = ((_SPAN_ATTRIBUTES, "{}"), (_SPAN_EVENTS, "[]"))
 _span_events = msgspec.json.Decoder(list[SpanEvent])
+
+
+def _span_loader() -> Any:
+    """`_span_record` without ``log`` events (never decoded), compacted
+    (`span_compactor`)."""
+    compact = span_compactor()
+
+    def load(row: Sequence[Any]) -> Span:
+        values = list(row)
+        events, values[_SPAN_EVENTS] = values[_SPAN_EVENTS], None
+        span = _span_record(values)
+        return compact(msgspec.structs.replace(span, events=events_without_logs(events)))
+
+    return load
 
 
 def _span_record(row: Sequence[Any]) -> Span:
