@@ -23,6 +23,7 @@ import os
 import stat
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -464,21 +465,38 @@ class FileHandler(BaseHandler, StoreReader):
             text, run_id=run_id, workflow=workflow, level=level, since=since, until=until
         )
         folders = [self.run_dir(run_id)] if run_id else self._run_folders()
-        found: list[Metadata] = []
-        for folder in folders:
-            found.extend(r for r in self._read_records(folder / "metadata.txt") if keep(r))
-        found.sort(key=lambda r: parse_time(r.datetime))
-        return found[:limit] if limit is not None else found
+        decode: Any = decode_metadata
+        needle = text.lower().encode() if text else b""
+        if needle and needle.isascii() and not any(c in needle for c in b'"\\'):
+            # A line all in ASCII holds the text as written (JSON escapes only quotes,
+            # backslashes and control characters): lines without it are never decoded.
+            def decode(line: bytes) -> Metadata | None:
+                if line.isascii() and needle not in line.lower():
+                    return None
+                return decode_metadata(line)
+
+        matches = (
+            record
+            for folder in folders
+            for record in _iter_lines(folder / "metadata.txt", decode)
+            if record is not None and keep(record)
+        )
+        if limit is not None:  # the oldest ``limit``, holding no more than that many
+            return heapq.nsmallest(limit, matches, key=lambda r: parse_time(r.datetime))
+        return sorted(matches, key=lambda r: parse_time(r.datetime))
 
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         self._flush_own()
         summaries = []
         for folder in self._run_folders():
-            records = self._read_records(folder / "metadata.txt")
-            spans = self._read_spans(folder)
-            if not records and not spans:
+            # The fields a summary reads, one line at a time: a run of any size is summed
+            # up without holding its records.
+            records = _iter_lines(folder / "metadata.txt", _decode_brief_record)
+            spans = list(_iter_lines(folder / "spans.txt", _decode_brief_span))
+            first = next(records, None)
+            if first is None and not spans:
                 continue
-            summary = summarize(records, spans)
+            summary = summarize(chain([first] if first else [], records), spans)
             if workflow is None or summary.workflow_name == workflow:
                 summaries.append(summary)
         summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
@@ -555,6 +573,34 @@ class _Flag(msgspec.Struct):
 _decode_flag = msgspec.json.Decoder(_Flag).decode
 _DATETIME = attrgetter("datetime")
 _START_NS = attrgetter("start_ns")
+
+
+class _BriefRecord(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a record that `summarize` reads."""
+
+    run_id: str
+    parent_run_id: str | None = None
+    level: str = "info"
+    error_flag: bool = False
+    datetime: str = ""
+    workflow_name: str | None = None
+
+
+class _BriefSpan(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a span that `summarize` reads."""
+
+    run_id: str
+    span_id: str
+    parent_span_id: str | None = None
+    parent_run_id: str | None = None
+    start_time: str = ""
+    end_time: str = ""
+    status: str = "ok"
+    workflow_name: str | None = None
+
+
+_decode_brief_record = msgspec.json.Decoder(_BriefRecord).decode
+_decode_brief_span = msgspec.json.Decoder(_BriefSpan).decode
 
 
 class _SpanLine(Span, frozen=True, gc=False):

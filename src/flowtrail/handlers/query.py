@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -97,26 +97,43 @@ class RecordFilter:
         return True
 
 
-def summarize(records: Sequence[Metadata], spans: Sequence[Span] = ()) -> RunSummary:
-    """The summary of one run's records and spans."""
-    first = records[0] if records else None
-    times = sorted(
-        [r.datetime for r in records] + [s.start_time for s in spans] + [s.end_time for s in spans]
-    )
-    workflow = next((r.workflow_name for r in records if r.workflow_name), None) or next(
-        (s.workflow_name for s in spans if s.workflow_name), None
-    )
+def summarize(records: Iterable[Metadata], spans: Sequence[Span] = ()) -> RunSummary:
+    """The summary of one run's records and spans; the records are read once, one at a
+    time (a run of any size is summed up without holding them)."""
+    first = None
+    count = warnings = errors = 0
+    earliest = latest = None
+    workflow = None
+    for record in records:
+        if first is None:
+            first = record
+        count += 1
+        level = record.level
+        if level == "warning":
+            warnings += 1
+        elif level in ERROR_LEVELS:
+            errors += 1
+        moment = record.datetime
+        if earliest is None or moment < earliest:
+            earliest = moment
+        if latest is None or moment > latest:
+            latest = moment
+        if workflow is None:
+            workflow = record.workflow_name
+    times = [t for t in (earliest, latest) if t is not None]
+    times += [s.start_time for s in spans] + [s.end_time for s in spans]
+    workflow = workflow or next((s.workflow_name for s in spans if s.workflow_name), None)
     ids = {span.span_id for span in spans}
     top = [span for span in spans if span.parent_span_id not in ids]
     return RunSummary(
         run_id=first.run_id if first else spans[0].run_id,
         parent_run_id=first.parent_run_id if first else spans[0].parent_run_id,
         workflow_name=workflow,
-        start=times[0] if times else None,
-        end=times[-1] if times else None,
-        records=len(records),
-        warnings=sum(1 for r in records if r.level == "warning"),
-        errors=sum(1 for r in records if r.level in ERROR_LEVELS),
+        start=min(times) if times else None,
+        end=max(times) if times else None,
+        records=count,
+        warnings=warnings,
+        errors=errors,
         spans=len(spans),
         span_errors=sum(1 for s in spans if s.status == "error"),
         span_status=("error" if any(s.status == "error" for s in top) else "ok") if spans else None,

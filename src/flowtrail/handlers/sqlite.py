@@ -591,7 +591,9 @@ class SQLiteHandler(BaseHandler, StoreReader):
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("(message LIKE ? ESCAPE '\\' OR exception_message LIKE ? ESCAPE '\\')")
             params.extend([f"%{escaped}%"] * 2)
-        found = self._select(" AND ".join(clauses), params)
+        exact = not (text and not text.isascii()) and since is None and until is None
+        tail = "LIMIT ?" if exact and limit is not None else ""
+        found = self._select(" AND ".join(clauses), [*params, *([limit] if tail else [])], tail)
         if text and not text.isascii():
             # LIKE folds the case of ASCII letters only: match other text as the file
             # store does.
