@@ -14,6 +14,7 @@ their span's ids, and spans carry a ``log`` event per record, as ``trace.info`` 
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from itertools import chain
@@ -272,3 +273,34 @@ def _write_files(folder: Path, items: Iterator[Metadata | Span]) -> None:
                 err.writelines(line(r) + "\n" for r in logs if r.error_flag)
             if spans:
                 spans_file.write(encode_lines(spans))
+
+
+#: Runs ``argv`` as its own child and writes that child's peak RSS (KB) to a file. The
+#: peak RSS of a process counts what the process was before its ``exec``: a child forked
+#: straight from pytest (or a benchmark holding a store in memory) would carry that
+#: process's size. Forked from this small interpreter, the command carries a few MB.
+_PEAK_RSS = """
+import os, sys
+result, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(result, "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss_argv(argv: list[str], result: Path) -> list[str]:
+    """``argv`` run so that its peak RSS is written to ``result`` (read it with
+    `peak_rss_mb` once the process has ended)."""
+    return [sys.executable, "-S", "-c", _PEAK_RSS, str(result), *argv]
+
+
+def peak_rss_mb(result: Path) -> float:
+    """The peak RSS written by a command from `peak_rss_argv`, in MB."""
+    return int(result.read_text()) / 1024

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_python
-from large_run import build_large_run
+from large_run import build_large_run, peak_rss_argv, peak_rss_mb
 
 STORES = {"sqlite": "sqlite:///runs.db", "file": "file://traces"}
 
@@ -322,9 +322,10 @@ MAX_RSS_MB = 200
 
 def measured(args: list[str], cwd: Path) -> tuple[list[bytes], int, float]:
     """Run ``flowtrail ARGS``, reading its stdout as it comes; return the first and last
-    lines, the number of record lines, and the process's peak RSS in MB."""
+    lines, the number of record lines, and the process's own peak RSS in MB."""
+    result = cwd / "peak-rss"
     process = subprocess.Popen(
-        [sys.executable, "-m", "flowtrail", *args],
+        peak_rss_argv([sys.executable, "-m", "flowtrail", *args], result),
         cwd=cwd,
         env=env(),
         stdout=subprocess.PIPE,
@@ -342,11 +343,8 @@ def measured(args: list[str], cwd: Path) -> tuple[list[bytes], int, float]:
         if len(head) < 50:
             head += lines[: 50 - len(head)]
         tail = (tail + chunk)[-4000:]
-    # wait4 gives this child's own resource use (RUSAGE_CHILDREN would mix in others).
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 0
-    return head + tail.split(b"\n"), records, usage.ru_maxrss / 1024
+    assert process.wait() == 0
+    return head + tail.split(b"\n"), records, peak_rss_mb(result)
 
 
 @pytest.mark.slow

@@ -271,6 +271,8 @@ def show(
     read as they are printed."""
     from flowtrail.formats.document import run_json_chunks
     from flowtrail.formats.stream import (
+        SUMMARY_FIELDS,
+        TREE_FIELDS,
         Selection,
         ShowFilter,
         record_lines,
@@ -291,7 +293,14 @@ def show(
     status = Console(stderr=True)
     with status.status("reading the run…") if status.is_terminal else _nothing():
         try:
-            spans = store.run_spans(run_id, include_children=children)
+            # The tree and the summary need a few fields, and the events of failed spans
+            # only (where they failed); the JSON document holds every span's all.
+            spans = store.run_spans(
+                run_id,
+                include_children=children,
+                all_events=fmt == "json",
+                fields=None if fmt == "json" else SUMMARY_FIELDS if summary_only else TREE_FIELDS,
+            )
             counts = store.record_counts(run_id, include_children=children)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None

@@ -37,6 +37,27 @@ from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, Span, parse_iso
 
 _START_NS = attrgetter("start_ns")
 
+#: The span fields the summary reads (a store may leave the others out).
+SUMMARY_FIELDS = (
+    "run_id",
+    "trace_id",
+    "span_id",
+    "name",
+    "kind",
+    "parent_span_id",
+    "start_ns",
+    "end_ns",
+    "duration_ms",
+    "status",
+    "status_message",
+    "events",
+    "memory_start_mb",
+    "memory_end_mb",
+    "workflow_name",
+)
+#: The span fields the tree reads.
+TREE_FIELDS = (*SUMMARY_FIELDS, "start_time", "end_time", "attributes")
+
 #: How many of the slowest spans the summary names.
 SLOWEST = 5
 
@@ -305,11 +326,8 @@ def summary_lines(
     """The summary of a run: status, duration, spans, errors, the slowest spans, the
     first failure (where it was raised) and the first error record."""
     yield "Summary:"
-    top_failed = [
-        s
-        for s in spans
-        if s.status == "error" and s.parent_span_id not in {x.span_id for x in spans}
-    ]
+    ids = {s.span_id for s in spans}
+    top_failed = [s for s in spans if s.status == "error" and s.parent_span_id not in ids]
     if not spans:
         yield f"- Status: {'error' if counts.error_records else 'ok'}"
         yield f"- Records: {counts.records}"

@@ -9,7 +9,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -416,13 +416,28 @@ class StoreReader:
             if LEVELS.get(record.level, 0) >= minimum:
                 yield record
 
-    def run_spans(self, run_id: str, *, include_children: bool = False) -> list[Span]:
+    def run_spans(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        all_events: bool = True,
+        fields: Iterable[str] | None = None,
+    ) -> list[Span]:
         """One run's spans (and its child runs'), oldest first, without their ``log``
-        events (the records themselves are read with `iter_records`)."""
+        events (the records themselves are read with `iter_records`); with
+        ``all_events=False`` only failed spans keep their events; with ``fields`` the
+        stores may read only those fields (the others keep their defaults)."""
         from flowtrail.handlers.query import without_log_events
 
         data = self.find_trace_with_id(run_id, include_children=include_children, text=False)
-        return [without_log_events(span) for span in data.spans]
+        spans = [without_log_events(span) for span in data.spans]
+        if all_events:
+            return spans
+        return [
+            s if s.status == "error" or not s.events else msgspec.structs.replace(s, events=[])
+            for s in spans
+        ]
 
     def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
         """How many records the run has, how many errors, and its first, last and first

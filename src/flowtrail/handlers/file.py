@@ -18,11 +18,12 @@ lines twice.
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -42,12 +43,11 @@ from flowtrail.handlers.base import (
 from flowtrail.handlers.query import (
     RecordCounts,
     RecordFilter,
+    SpanLoader,
     check_level,
-    events_without_logs,
     merge_counts,
     parse_time,
     sort_by_time,
-    span_compactor,
     summarize,
 )
 from flowtrail.pipeline import PartialExport
@@ -425,12 +425,21 @@ class FileHandler(BaseHandler, StoreReader):
             if LEVELS.get(record.level, 0) >= minimum:
                 yield record
 
-    def run_spans(self, run_id: str, *, include_children: bool = False) -> list[Any]:
-        compact = span_compactor()
+    def run_spans(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        all_events: bool = True,
+        fields: Iterable[str] | None = None,
+    ) -> list[Any]:
+        load = SpanLoader(fields, all_events=all_events)
+        decode = _span_line_decoder(load.fields)
+        astuple = msgspec.structs.astuple
         spans = [
-            compact(span)
+            load(astuple(line))
             for folder in self._run_and_children(run_id, include_children)
-            for span in _iter_lines(folder / "spans.txt", _decode_span_without_logs)
+            for line in _iter_lines(folder / "spans.txt", decode)
         ]
         spans.sort(key=_START_NS)
         return spans
@@ -603,21 +612,23 @@ _decode_brief_record = msgspec.json.Decoder(_BriefRecord).decode
 _decode_brief_span = msgspec.json.Decoder(_BriefSpan).decode
 
 
-class _SpanLine(Span, frozen=True, gc=False):
-    """A line of spans.txt with its events left as JSON text."""
-
-    events: msgspec.Raw = msgspec.Raw(b"[]")  # type: ignore[assignment]
-
-
-_decode_span_line = msgspec.json.Decoder(_SpanLine).decode
-_SPAN_EVENTS = Span.__struct_fields__.index("events")
-
-
-def _decode_span_without_logs(line: bytes) -> Span:
-    """A span of spans.txt without its ``log`` events (which are never built)."""
-    values = list(msgspec.structs.astuple(_decode_span_line(line)))
-    values[_SPAN_EVENTS] = events_without_logs(bytes(values[_SPAN_EVENTS]))
-    return Span(*values)
+@functools.lru_cache(maxsize=8)
+def _span_line_decoder(fields: tuple[str, ...]) -> Any:
+    """A decoder of spans.txt lines that reads only ``fields`` (the others are skipped
+    without being built), the events left as JSON text (decoded only if wanted)."""
+    defaults = {info.name: info for info in msgspec.structs.fields(Span)}
+    spec: list[Any] = []
+    for name in fields:
+        info = defaults[name]
+        kind = msgspec.Raw if name == "events" else info.type
+        if info.required:
+            spec.append((name, kind))
+        elif name in ("events", "attributes"):
+            spec.append((name, kind | None if name == "attributes" else kind, None))
+        else:
+            spec.append((name, kind, info.default))
+    line = msgspec.defstruct("SpanLine", spec, array_like=False, gc=False)
+    return msgspec.json.Decoder(line).decode
 
 
 def _iter_lines(path: Path, decode: Any, raw: bool = False) -> Iterator[Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +11,7 @@ import msgspec
 from flowtrail.records import (
     ERROR_LEVELS,
     LEVELS,
+    SPAN_FIELDS,
     Metadata,
     RunSummary,
     Span,
@@ -162,20 +163,6 @@ class RecordCounts(msgspec.Struct, kw_only=True):
                 self.first_error = record
 
 
-#: Span fields whose values repeat from span to span of a run.
-_SHARED_FIELDS = (
-    "run_id",
-    "trace_id",
-    "name",
-    "kind",
-    "parent_run_id",
-    "workflow_name",
-    "job_name",
-    "stage_name",
-    "hostname",
-)
-
-
 class _EventName(msgspec.Struct):
     name: str = ""
 
@@ -199,24 +186,84 @@ def events_without_logs(raw: bytes | str | None) -> list[SpanEvent]:
     return [event for event in _events(raw) if event.name != "log"]
 
 
-def span_compactor() -> Callable[[Span], Span]:
-    """A function that returns a span without its ``log`` events and with its repeated
-    names shared with the spans it saw before: 100,000 spans of a run then hold their run
-    id, trace id, workflow, job and host names once (it halves their memory)."""
-    shared: dict[str, str] = {}
-    share = shared.setdefault
+#: Span fields whose values repeat from span to span of a run.
+_SHARED = [
+    SPAN_FIELDS.index(name)
+    for name in (
+        "run_id",
+        "trace_id",
+        "name",
+        "kind",
+        "parent_run_id",
+        "workflow_name",
+        "job_name",
+        "stage_name",
+        "hostname",
+        "status",
+    )
+]
+_ATTRIBUTES = SPAN_FIELDS.index("attributes")
+_EVENTS = SPAN_FIELDS.index("events")
+_STATUS = SPAN_FIELDS.index("status")
+_SAMPLED = SPAN_FIELDS.index("sampled")
+_decode_json = msgspec.json.decode
 
-    def compact(span: Span) -> Span:
-        changes: dict[str, Any] = {}
-        for name in _SHARED_FIELDS:
-            value = getattr(span, name)
+
+class SpanLoader:
+    r"""Builds `Span`\ s from their stored values, for a reader that holds a whole run's
+    spans:
+
+    - only ``fields`` are read (`fields`, in `SPAN_FIELDS` order; the others keep their
+      defaults): a summary needs a few, the JSON document all;
+    - ``log`` events are left out (they repeat the run's records) and never built; with
+      ``all_events=False`` only failed spans keep their events (they tell where the span
+      failed);
+    - the names that repeat from span to span (run, trace, workflow, job, host) are
+      shared with the spans built before, so 100,000 spans hold each once.
+
+    A row holds the values of `fields` in order: the attributes as JSON text or a dict,
+    the events as JSON text or bytes.
+    """
+
+    def __init__(self, fields: Iterable[str] | None = None, *, all_events: bool = True) -> None:
+        wanted = set(SPAN_FIELDS if fields is None else fields)
+        template: list[Any] = []
+        for info in msgspec.structs.fields(Span):
+            if info.required:
+                wanted.add(info.name)
+            has_default = info.default is not msgspec.NODEFAULT
+            template.append(info.default if has_default else None)
+        #: The fields read, in `SPAN_FIELDS` order.
+        self.fields = tuple(name for name in SPAN_FIELDS if name in wanted)
+        self._positions = [SPAN_FIELDS.index(name) for name in self.fields]
+        self._all = len(self.fields) == len(SPAN_FIELDS)
+        self._template = template
+        self._shared = [i for i in _SHARED if i in self._positions]
+        self._all_events = all_events
+        self._share = {}.setdefault
+
+    def __call__(self, row: Sequence[Any]) -> Span:
+        if self._all:
+            values = list(row)
+        else:
+            values = self._template.copy()
+            for index, value in zip(self._positions, row, strict=True):
+                values[index] = value
+        share = self._share
+        for index in self._shared:
+            value = values[index]
             if value is not None:
-                changes[name] = share(value, value)
-        if span.events and any(event.name == "log" for event in span.events):
-            changes["events"] = [event for event in span.events if event.name != "log"]
-        return msgspec.structs.replace(span, **changes)
-
-    return compact
+                values[index] = share(value, value)
+        attributes = values[_ATTRIBUTES]
+        if attributes.__class__ is not dict:
+            values[_ATTRIBUTES] = _decode_json(attributes) if attributes else {}
+        raw = values[_EVENTS]
+        if raw and (self._all_events or values[_STATUS] == "error"):
+            values[_EVENTS] = events_without_logs(raw)
+        else:
+            values[_EVENTS] = _NO_EVENTS
+        values[_SAMPLED] = bool(values[_SAMPLED])
+        return Span(*values)
 
 
 def without_log_events(span: Span) -> Span:

@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -35,12 +35,11 @@ from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
 from flowtrail.handlers.query import (
     RecordCounts,
+    SpanLoader,
     check_level,
-    events_without_logs,
     level_names,
     parse_time,
     sort_by_time,
-    span_compactor,
 )
 from flowtrail.handlers.query import (
     merge_counts as _merge_counts,
@@ -496,15 +495,30 @@ class SQLiteHandler(BaseHandler, StoreReader):
         else:  # each run in its own written order, the runs merged by time
             yield from heapq.merge(*streams, key=attrgetter("datetime"))
 
-    def run_spans(self, run_id: str, *, include_children: bool = False) -> list[Span]:
+    def run_spans(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        all_events: bool = True,
+        fields: Iterable[str] | None = None,
+    ) -> list[Span]:
         where, params = "run_id = ?", (run_id,)
         if include_children:
             where, params = "run_id = ? OR parent_run_id = ?", (run_id, run_id)
+        load = SpanLoader(fields, all_events=all_events)
+        columns = [
+            # The events of failed spans only, unless all are wanted: the others not read.
+            "CASE WHEN status = 'error' THEN events END"
+            if name == "events" and not all_events
+            else name
+            for name in load.fields
+        ]
         sql = (
-            f"SELECT {', '.join(SPAN_FIELDS)} FROM {self.table}_spans WHERE {where} "
+            f"SELECT {', '.join(columns)} FROM {self.table}_spans WHERE {where} "
             "ORDER BY start_ns, id"
         )
-        return list(self._iter_select(sql, params, _span_loader()))
+        return list(self._iter_select(sql, params, load))
 
     def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
         table, names = self.table, ", ".join(METADATA_FIELDS)
@@ -721,20 +735,6 @@ _SPAN_ATTRIBUTES = SPAN_FIELDS.index("attributes")
 _SPAN_EVENTS = SPAN_FIELDS.index("events")
 _SPAN_JSON = ((_SPAN_ATTRIBUTES, "{}"), (_SPAN_EVENTS, "[]"))
 _span_events = msgspec.json.Decoder(list[SpanEvent])
-
-
-def _span_loader() -> Any:
-    """`_span_record` without ``log`` events (never decoded), compacted
-    (`span_compactor`)."""
-    compact = span_compactor()
-
-    def load(row: Sequence[Any]) -> Span:
-        values = list(row)
-        events, values[_SPAN_EVENTS] = values[_SPAN_EVENTS], None
-        span = _span_record(values)
-        return compact(msgspec.structs.replace(span, events=events_without_logs(events)))
-
-    return load
 
 
 def _span_record(row: Sequence[Any]) -> Span:
