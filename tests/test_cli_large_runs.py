@@ -227,6 +227,61 @@ def test_json_holds_each_log_once(written) -> None:
     assert [log["message"] for log in filtered["logs"]] == ["a saw y fail"]
 
 
+THREADS_RUN = """
+import contextvars, sys, threading, time
+from flowtrail import Trace, FileHandler, SQLiteHandler
+handler = SQLiteHandler(path="runs.db") if KIND == "sqlite" else FileHandler(path="traces")
+trace = Trace(run_id="threads-run", handlers=[handler], extras={"workflow_name": "threads"})
+
+def work(name):
+    with trace.span("stage", name=name):
+        for i in range(40):
+            trace.info(f"{name} {i}")
+            time.sleep(0.0005)
+
+with trace.span("workflow", name="threads"):
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(work, name))
+        for name in ("left", "right")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trace.info("joined")
+child = Trace(run_id="threads-child", parent_run_id="threads-run", handlers=[handler])
+child.info("child record")
+child.flush()
+trace.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_spans_in_threads_get_their_own_records_once(tmp_path: Path, kind: str) -> None:
+    """Two stages run at once, their records interleaved in the store: each record is
+    printed once, under its own stage (held back while the other stage is printed)."""
+    result = run_python(THREADS_RUN.replace("KIND", repr(kind)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = show("threads-run", "--store", STORES[kind], cwd=tmp_path).stdout
+    open_spans: list[str] = []
+    seen: list[str] = []
+    for line in out.splitlines():
+        text = line.strip()
+        if text.startswith("→ "):
+            open_spans.append(text[2:].split(" ")[0].split(".")[1])
+        elif text.startswith("← "):
+            open_spans.pop()
+        elif text.startswith("[INFO] "):
+            message = text[len("[INFO] ") :]
+            seen.append(message)
+            if message.split(" ")[0] in ("left", "right"):
+                assert open_spans[-1] == message.split(" ")[0], line
+    expected = [f"{name} {i}" for name in ("left", "right") for i in range(40)]
+    assert sorted(seen) == sorted([*expected, "joined", "child record"])
+    alone = show("threads-run", "--store", STORES[kind], "--no-children", cwd=tmp_path).stdout
+    assert "child record" not in alone and alone.count("[INFO] ") == 81
+
+
 # ---------------------------------------------------------------------- the pager
 
 

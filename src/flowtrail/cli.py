@@ -271,6 +271,8 @@ def show(
     read as they are printed."""
     from flowtrail.formats.document import run_json_chunks
     from flowtrail.formats.stream import (
+        RECORD_TEXT_FIELDS,
+        RECORD_TREE_FIELDS,
         SUMMARY_FIELDS,
         TREE_FIELDS,
         Selection,
@@ -309,10 +311,10 @@ def show(
     console = _console()
     selection = Selection(spans, options)
 
-    def records() -> Any:
+    def records(fields: Any = None) -> Any:
         # Only the levels asked for are read (--errors needs every level of failed spans).
         return store.iter_records(
-            run_id, include_children=children, level=None if errors else level
+            run_id, include_children=children, level=None if errors else level, fields=fields
         )
 
     if fmt == "json":
@@ -327,11 +329,15 @@ def show(
     if summary_only:
         lines: Any = summary_lines(spans, counts)
     elif fmt == "human" and spans:
-        lines = tree_lines(spans, records(), run_id=run_id, counts=counts, options=options)
+        lines = tree_lines(
+            spans, records(RECORD_TREE_FIELDS), run_id=run_id, counts=counts, options=options
+        )
     else:
         workflow = counts.first.workflow_name if counts.first else None
         workflow = workflow or next((s.workflow_name for s in spans if s.workflow_name), None)
-        lines = record_lines(records(), selection, run_id=run_id, counts=counts, workflow=workflow)
+        lines = record_lines(
+            records(RECORD_TEXT_FIELDS), selection, run_id=run_id, counts=counts, workflow=workflow
+        )
     write_lines(lines, terminal=console.is_terminal, pager=pager, style=_styled_line)
 
 

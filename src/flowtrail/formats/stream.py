@@ -58,6 +58,23 @@ SUMMARY_FIELDS = (
 #: The span fields the tree reads.
 TREE_FIELDS = (*SUMMARY_FIELDS, "start_time", "end_time", "attributes")
 
+#: The record fields the tree reads.
+RECORD_TREE_FIELDS = (
+    "run_id",
+    "level",
+    "message",
+    "error_flag",
+    "datetime",
+    "filename",
+    "lineno",
+    "trace_id",
+    "span_id",
+    "exception_type",
+    "exception_message",
+)
+#: The record fields ``--format text`` reads.
+RECORD_TEXT_FIELDS = (*RECORD_TREE_FIELDS, "job_name", "stage_name", "stack_trace")
+
 #: How many of the slowest spans the summary names.
 SLOWEST = 5
 
@@ -126,6 +143,10 @@ class Selection:
             deep = {sid for sid, depth in self.depths.items() if depth <= options.depth}
             shown = deep if shown is None else shown & deep
         self.shown = shown
+        #: Whether any record or span is left out (else records go straight to their span).
+        self.filtering = bool(
+            shown is not None or self.inside is not None or self.min_level or options.errors
+        )
 
     def _ancestors(self, ids: set[str]) -> set[str]:
         found: set[str] = set()
@@ -209,6 +230,7 @@ def _zone_key(spans: list[Span]) -> Any:
             moment = moment.replace(tzinfo=timezone.utc)
         return moment.astimezone(tz).isoformat(timespec="microseconds")
 
+    key.zone = zone  # type: ignore[attr-defined]
     return key
 
 
@@ -238,40 +260,57 @@ def tree_lines(
         children.setdefault(selection.place(selection.parent[span.span_id]), []).append(span)
 
     source = iter(records)
-    pending: dict[str | None, deque[tuple[str, Metadata]]] = {}
+    pending: dict[str | None, deque[tuple[str, Metadata, str | None]]] = {}
     done: set[str] = set()
-    head: list[Any] = [None]  # the next record read but not yet routed: (key, record)
+    head: list[Any] = [None]  # the next record read, not yet queued: (key, record, owner)
     printed = [0]
     limit = options.limit
 
+    by_id, zone = selection.by_id, key.zone
+    filtering = selection.filtering
+
     def read_until(until: str) -> None:
         """Route every record up to time ``until`` to the queue of its span."""
-        while True:
-            item = head[0]
-            if item is None:
-                record = next(source, None)
-                if record is None:
-                    return
-                item = head[0] = (key(record.datetime), record)
+        item = head[0]
+        if item is not None:
             if item[0] > until:
                 return
             head[0] = None
-            record = item[1]
-            owner = selection.owner(record)
-            if not selection.record_shown(record, owner):
-                continue
-            owner = selection.place(owner)
+            owner = None if item[2] in done else item[2]
+            pending.setdefault(owner, deque()).append(item)
+        # The loop every record goes through once: kept to local names and no calls.
+        for record in source:
+            moment = record.datetime
+            if moment[26:] != zone:
+                moment = key(moment)
+            span_id = record.span_id
+            owner = span_id if span_id in by_id else None
+            if filtering:
+                if not selection.record_shown(record, owner):
+                    continue
+                owner = selection.place(owner)
             if owner in done:
                 owner = None  # written after its span ended: shown at the top level
-            pending.setdefault(owner, deque()).append(item)
+            if moment > until:
+                head[0] = (moment, record, owner)
+                return
+            queue = pending.get(owner)
+            if queue is None:
+                queue = pending[owner] = deque()
+            queue.append((moment, record, owner))
 
-    def logs(owner: str | None, until: str, pad: str) -> Iterator[str]:
+    def logs(owner: str | None, until: str, pad: str) -> list[str]:
         queue = pending.get(owner)
+        lines: list[str] = []
         while queue and queue[0][0] <= until:
             if limit is not None and printed[0] >= limit:
-                return
+                break
             printed[0] += 1
-            yield from _log_lines(queue.popleft()[1], pad)
+            record = queue.popleft()[1]
+            lines.append(f"{pad}[{record.level.upper()}] {record.message}")
+            if record.exception_type:
+                lines.extend(_log_lines(record, pad)[1:])
+        return lines
 
     stack: list[tuple[str | None, deque[Span], int]] = [(None, deque(children.get(None, ())), 0)]
     stopped = False

@@ -402,12 +402,18 @@ class StoreReader:
         raise NotImplementedError
 
     def iter_records(
-        self, run_id: str, *, include_children: bool = False, level: str | None = None
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        level: str | None = None,
+        fields: Iterable[str] | None = None,
     ) -> Iterator[Metadata]:
         """One run's records (and its child runs' with ``include_children``), at or above
         ``level``, in the order they were written, read a batch at a time so that a run of
-        any size is read in bounded memory. Stores override this; the default reads the
-        whole run."""
+        any size is read in bounded memory; with ``fields`` the stores may read only
+        those fields (the others keep their defaults). Stores override this; the
+        default reads the whole run."""
         from flowtrail.handlers.query import check_level
 
         minimum = check_level(level) or 0

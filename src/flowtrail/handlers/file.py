@@ -409,11 +409,19 @@ class FileHandler(BaseHandler, StoreReader):
         return [folder, *(self._child_folders(run_id) if include_children else ())]
 
     def iter_records(
-        self, run_id: str, *, include_children: bool = False, level: str | None = None
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        level: str | None = None,
+        fields: Iterable[str] | None = None,
     ) -> Iterator[Metadata]:
+        # ``fields`` is not used: decoding a whole line into `Metadata` is faster than a
+        # part of it and then building the record.
         minimum = check_level(level) or 0
+        decode = decode_metadata
         streams = [
-            _iter_lines(folder / "metadata.txt", decode_metadata)
+            _iter_lines(folder / "metadata.txt", decode)
             for folder in self._run_and_children(run_id, include_children)
         ]
         # Each run in its written order; a parent and its children merged by time.
@@ -434,7 +442,7 @@ class FileHandler(BaseHandler, StoreReader):
         fields: Iterable[str] | None = None,
     ) -> list[Any]:
         load = SpanLoader(fields, all_events=all_events)
-        decode = _span_line_decoder(load.fields)
+        decode = _line_decoder(Span, load.fields)
         astuple = msgspec.structs.astuple
         spans = [
             load(astuple(line))
@@ -613,21 +621,23 @@ _decode_brief_span = msgspec.json.Decoder(_BriefSpan).decode
 
 
 @functools.lru_cache(maxsize=8)
-def _span_line_decoder(fields: tuple[str, ...]) -> Any:
-    """A decoder of spans.txt lines that reads only ``fields`` (the others are skipped
-    without being built), the events left as JSON text (decoded only if wanted)."""
-    defaults = {info.name: info for info in msgspec.structs.fields(Span)}
+def _line_decoder(cls: type[Any], fields: tuple[str, ...]) -> Any:
+    """A decoder of JSON lines of struct ``cls`` that reads only ``fields`` (the others
+    are skipped without being built); a span's events are left as JSON text (decoded
+    only if wanted)."""
+    infos = {info.name: info for info in msgspec.structs.fields(cls)}
     spec: list[Any] = []
     for name in fields:
-        info = defaults[name]
-        kind = msgspec.Raw if name == "events" else info.type
-        if info.required:
-            spec.append((name, kind))
-        elif name in ("events", "attributes"):
-            spec.append((name, kind | None if name == "attributes" else kind, None))
+        info = infos[name]
+        if cls is Span and name == "events":
+            spec.append((name, msgspec.Raw, msgspec.Raw(b"[]")))
+        elif info.required:
+            spec.append((name, info.type))
+        elif info.default is msgspec.NODEFAULT:  # made by a factory: None until built
+            spec.append((name, info.type | None, None))
         else:
-            spec.append((name, kind, info.default))
-    line = msgspec.defstruct("SpanLine", spec, array_like=False, gc=False)
+            spec.append((name, info.type, info.default))
+    line = msgspec.defstruct(f"{cls.__name__}Line", spec, gc=False)
     return msgspec.json.Decoder(line).decode
 
 

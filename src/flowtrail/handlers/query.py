@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -209,6 +209,34 @@ _SAMPLED = SPAN_FIELDS.index("sampled")
 _decode_json = msgspec.json.decode
 
 
+def partial_loader(
+    cls: type[Any], fields: Iterable[str] | None, build: Callable[[list[Any]], Any]
+) -> tuple[tuple[str, ...], Callable[[Sequence[Any]], Any]]:
+    """For a reader that reads only ``fields`` of struct ``cls`` (None: all; required
+    fields are always read): the fields read, in ``cls``'s order, and a function from a
+    row of their values to ``build`` of the full values list (defaults for the others;
+    None for fields made by a factory, which ``build`` must fill)."""
+    names = cls.__struct_fields__
+    wanted = set(names if fields is None else fields)
+    template: list[Any] = []
+    for info in msgspec.structs.fields(cls):
+        if info.required:
+            wanted.add(info.name)
+        template.append(info.default if info.default is not msgspec.NODEFAULT else None)
+    chosen = tuple(name for name in names if name in wanted)
+    if len(chosen) == len(names):
+        return chosen, lambda row: build(list(row))
+    positions = [names.index(name) for name in chosen]
+
+    def load(row: Sequence[Any]) -> Any:
+        values = template.copy()
+        for index, value in zip(positions, row, strict=True):
+            values[index] = value
+        return build(values)
+
+    return chosen, load
+
+
 class SpanLoader:
     r"""Builds `Span`\ s from their stored values, for a reader that holds a whole run's
     spans:
@@ -226,29 +254,16 @@ class SpanLoader:
     """
 
     def __init__(self, fields: Iterable[str] | None = None, *, all_events: bool = True) -> None:
-        wanted = set(SPAN_FIELDS if fields is None else fields)
-        template: list[Any] = []
-        for info in msgspec.structs.fields(Span):
-            if info.required:
-                wanted.add(info.name)
-            has_default = info.default is not msgspec.NODEFAULT
-            template.append(info.default if has_default else None)
-        #: The fields read, in `SPAN_FIELDS` order.
-        self.fields = tuple(name for name in SPAN_FIELDS if name in wanted)
-        self._positions = [SPAN_FIELDS.index(name) for name in self.fields]
-        self._all = len(self.fields) == len(SPAN_FIELDS)
-        self._template = template
-        self._shared = [i for i in _SHARED if i in self._positions]
+        self.fields, self._load = partial_loader(Span, fields, self._build)
+        positions = {SPAN_FIELDS.index(name) for name in self.fields}
+        self._shared = [i for i in _SHARED if i in positions]
         self._all_events = all_events
         self._share = {}.setdefault
 
     def __call__(self, row: Sequence[Any]) -> Span:
-        if self._all:
-            values = list(row)
-        else:
-            values = self._template.copy()
-            for index, value in zip(self._positions, row, strict=True):
-                values[index] = value
+        return self._load(row)
+
+    def _build(self, values: list[Any]) -> Span:
         share = self._share
         for index in self._shared:
             value = values[index]

@@ -39,6 +39,7 @@ from flowtrail.handlers.query import (
     check_level,
     level_names,
     parse_time,
+    partial_loader,
     sort_by_time,
 )
 from flowtrail.handlers.query import (
@@ -479,15 +480,21 @@ class SQLiteHandler(BaseHandler, StoreReader):
         return [run_id, *sorted(row[0] for row in rows)]
 
     def iter_records(
-        self, run_id: str, *, include_children: bool = False, level: str | None = None
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        level: str | None = None,
+        fields: Iterable[str] | None = None,
     ) -> Iterator[Metadata]:
         names = level_names(level)
         where = "run_id = ?"
         if names:
             where += f" AND level IN ({', '.join('?' for _ in names)})"
-        sql = f"SELECT {', '.join(METADATA_FIELDS)} FROM {self.table} WHERE {where} ORDER BY id"
+        columns, load = partial_loader(Metadata, fields, _record)
+        sql = f"SELECT {', '.join(columns)} FROM {self.table} WHERE {where} ORDER BY id"
         streams = [
-            self._iter_select(sql, (run, *(names or ())), _record)
+            self._iter_select(sql, (run, *(names or ())), load)
             for run in self._run_ids(run_id, include_children)
         ]
         if len(streams) == 1:
