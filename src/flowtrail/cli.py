@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowtrail.config import ConfigError
-from flowtrail.records import ERROR_LEVELS, Metadata, RunSummary
+from flowtrail.records import RunSummary
 
 _LEVEL_STYLE = {
     "debug": "dim",
@@ -166,22 +166,6 @@ def runs(
         )
 
 
-def _print_records(records: list[Metadata], console: Console) -> None:
-    for r in records:
-        where = " / ".join(x for x in (r.job_name, r.stage_name) if x)
-        where = f" ({where})" if where else ""
-        place = f"[{r.filename}:{r.lineno}]"
-        line = f"{_short_time(r.datetime)} {r.level.upper():<9} {r.message}{where}  {place}"
-        if console.is_terminal:
-            style = _LEVEL_STYLE.get(r.level, "")
-            console.print(line, style=style or None, markup=False)
-        else:
-            click.echo(line)
-        if r.stack_trace and r.level in ERROR_LEVELS:
-            for text in r.stack_trace.rstrip().splitlines():
-                click.echo(f"    {text}")
-
-
 def _load_run(store: Any, run_id: str, children: bool) -> Any:
     try:
         data = store.find_trace_with_id(run_id, include_children=children, text=False)
@@ -190,25 +174,6 @@ def _load_run(store: Any, run_id: str, children: bool) -> Any:
     if not data.meta and not data.spans:
         raise click.ClickException(f"no records of run {run_id!r} in this store")
     return data
-
-
-_TREE_STYLES = (
-    ("✗", "bold red"),
-    ("[EXCEPTION]", "bold red"),
-    ("[ERROR]", "red"),
-    ("! ", "red"),
-    ("[WARNING]", "yellow"),
-    ("[DEBUG]", "dim"),
-    ("✓", "green"),
-    ("→", "bold"),
-)
-
-
-def _print_styled_tree(text: str, console: Console) -> None:
-    """The tree on a terminal: failures red, warnings yellow, span starts bold."""
-    for line in text.splitlines():
-        style = next((s for mark, s in _TREE_STYLES if mark in line), None)
-        console.print(line, style=style, markup=False, highlight=False)
 
 
 def _newest_run(store: Any, failed: bool) -> str:
