@@ -12,7 +12,8 @@ own encoders):
 Each case is a fresh process; its wall time and its peak RSS (``os.wait4``) are taken.
 flowtrail and its floor run alternately, ``--repeat`` times, and the medians are
 compared (the machine is shared and noisy: medians of alternating runs, not best-of).
-The file store is compared against the same SQL floor (there is no SQL for it).
+The file store is compared against the same SQL floor, and against its own: the shell
+reading the same files once (``cat``, ``wc -l``, ``grep -i``, ``grep -c -r``).
 
 Targets (issue 7): ``show --summary`` and ``search`` within 3x of the floor; ``show``
 streamed with peak RSS under 200 MB; ``runs`` on a store of 10,000 runs under 3x the
@@ -119,31 +120,59 @@ def cases(big_db: Path, big_files: Path, many_db: Path, many_files: Path, out: P
         "SELECT run_id, MAX(status = 'error') FROM traces_spans WHERE parent_span_id IS NULL "
         "GROUP BY run_id;",
     )
+    # The file store's own floor: the shell reading the same files once (no SQL there).
+    run_dir = big_files / f"run_id={RUN}"
+    meta, span_file = str(run_dir / "metadata.txt"), str(run_dir / "spans.txt")
+    every_file = ["grep", "-c", "-r", "--include=metadata.txt", "--include=spans.txt", ""]
+    file_floor = {
+        "show": ["cat", meta, span_file],
+        "summary": ["wc", "-l", meta, span_file],
+        "search": [
+            "grep",
+            "-i",
+            "-m",
+            "200",
+            "-r",
+            "--include=metadata.txt",
+            SEARCH,
+            str(big_files),
+        ],
+        "runs": [*every_file, str(many_files)],
+        "runs-1M": [*every_file, str(big_files)],
+        "report": ["cat", meta, span_file],
+    }
+    sql = {
+        "show": all_rows,
+        "summary": summary_rows,
+        "search": search_rows,
+        "runs": runs_rows,
+        "runs-1M": runs_rows,
+        "report": all_rows,
+    }
     found = []
     for store, big, many in (
         ("sqlite", f"sqlite:///{big_db}", f"sqlite:///{many_db}"),
         ("file", f"file://{big_files}", f"file://{many_files}"),
     ):
-        found += [
-            ("show", store, flowtrail("show", RUN, "--store", big), all_rows, None),
-            (
-                "summary",
-                store,
-                flowtrail("show", RUN, "--summary", "--store", big),
-                summary_rows,
-                None,
-            ),
-            ("search", store, flowtrail("search", SEARCH, "--store", big), search_rows, None),
-            ("runs", store, flowtrail("runs", "--store", many), runs_rows, None),
-            ("runs-1M", store, flowtrail("runs", "--store", big), runs_rows, None),
-            (
-                "report",
-                store,
-                flowtrail("report", RUN, "-o", str(out / f"{store}.html"), "--store", big),
-                all_rows,
-                REPORT_MEMORY,
-            ),
-        ]
+        commands = {
+            "show": flowtrail("show", RUN, "--store", big),
+            "summary": flowtrail("show", RUN, "--summary", "--store", big),
+            "search": flowtrail("search", SEARCH, "--store", big),
+            "runs": flowtrail("runs", "--store", many),
+            "runs-1M": flowtrail("runs", "--store", big),
+            "report": flowtrail("report", RUN, "-o", str(out / f"{store}.html"), "--store", big),
+        }
+        for name, argv in commands.items():
+            found.append(
+                (
+                    name,
+                    store,
+                    argv,
+                    sql[name],
+                    file_floor[name] if store == "file" else None,
+                    REPORT_MEMORY if name == "report" else None,
+                )
+            )
     return found
 
 
@@ -186,14 +215,16 @@ def main() -> None:
         ]
         results: dict[str, dict[str, list]] = {}
         for round_ in range(args.repeat):
-            for name, store, argv, floor_sql, cap in chosen:
+            for name, store, argv, floor_sql, file_floor, cap in chosen:
                 if name == "report" and round_ >= args.report_repeat:
                     continue
                 db = many_db if name == "runs" else big_db
                 key = f"{name} [{store}]"
-                row = results.setdefault(key, {"flowtrail": [], "floor": []})
+                row = results.setdefault(key, {"flowtrail": [], "floor": [], "files": []})
                 row["flowtrail"].append(measure(argv, folder, cap))
                 row["floor"].append(measure(sqlite3_cli(db, *floor_sql), folder))
+                if file_floor:
+                    row["files"].append(measure(file_floor, folder))
         report(results, args)
 
 
@@ -208,16 +239,16 @@ def report(results: dict[str, dict[str, list]], args: argparse.Namespace) -> Non
         f"\n{args.records:,} records / {args.spans:,} spans; runs: {args.runs:,} runs; "
         f"medians of {args.repeat} alternating runs ({args.report_repeat} for report)"
     )
-    header = f"{'case':<20}{'flowtrail s':>12}{'RSS MB':>9}{'floor s':>9}{'RSS MB':>9}"
-    print(header + f"{'ratio':>8}  target")
+    header = f"{'case':<18}{'flowtrail s':>12}{'RSS MB':>8}{'SQL floor s':>12}{'ratio':>7}"
+    print(header + f"{'file floor s':>13}{'ratio':>7}  target (against the SQL floor)")
     saved = {}
     for key, row in results.items():
         ok = [m for m in row["flowtrail"] if m[2] == 0]
         seconds = statistics.median(m[0] for m in row["flowtrail"])
         rss = statistics.median(m[1] for m in row["flowtrail"])
         floor_s = statistics.median(m[0] for m in row["floor"])
-        floor_rss = statistics.median(m[1] for m in row["floor"])
         ratio = seconds / floor_s
+        files_s = statistics.median(m[0] for m in row["files"]) if row["files"] else None
         name = key.split(" ")[0]
         verdict = ""
         if name in targets:
@@ -227,16 +258,16 @@ def report(results: dict[str, dict[str, list]], args: argparse.Namespace) -> Non
             verdict = f"< {bound:g}{unit}: {'PASS' if value < bound else 'MISS'}"
         if len(ok) < len(row["flowtrail"]):
             verdict += f" ({len(row['flowtrail']) - len(ok)} run(s) FAILED, exit != 0)"
+        files = f"{files_s:>13.2f}{seconds / files_s:>6.1f}x" if files_s else f"{'':>20}"
         print(
-            f"{key:<20}{seconds:>12.2f}{rss:>9.0f}{floor_s:>9.2f}{floor_rss:>9.0f}"
-            f"{ratio:>7.1f}x  {verdict}"
+            f"{key:<18}{seconds:>12.2f}{rss:>8.0f}{floor_s:>12.2f}{ratio:>6.1f}x{files}  {verdict}"
         )
         saved[key] = {
             "flowtrail_s": seconds,
             "flowtrail_rss_mb": rss,
-            "floor_s": floor_s,
-            "floor_rss_mb": floor_rss,
+            "sql_floor_s": floor_s,
             "ratio": ratio,
+            "file_floor_s": files_s,
             "runs": row,
         }
     out = ROOT / "benchmarks" / "out"
