@@ -60,7 +60,7 @@ def env() -> dict[str, str]:
 
 
 def measure(argv: list[str], cwd: Path, limit: int | None = None) -> tuple[float, float, int]:
-    """Seconds, peak RSS in MB and exit code of ``argv``, its output thrown away. The
+    """Seconds, peak RSS in MB and exit code of ``argv``, its output read and dropped. The
     RSS is the command's own (`peak_rss_argv`: not this process's size at the fork)."""
 
     def cap() -> None:
@@ -71,14 +71,20 @@ def measure(argv: list[str], cwd: Path, limit: int | None = None) -> tuple[float
 
     result = cwd / "peak-rss"
     start = time.perf_counter()
-    code = subprocess.run(
+    # Output to a pipe that is read and dropped, not to /dev/null: GNU grep stops at its
+    # first match when its output is /dev/null.
+    process = subprocess.Popen(
         peak_rss_argv(argv, result),
         cwd=cwd,
         env=env(),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         preexec_fn=cap if limit else None,
-    ).returncode
+    )
+    assert process.stdout is not None
+    while process.stdout.read(1 << 20):
+        pass
+    code = process.wait()
     seconds = time.perf_counter() - start
     return seconds, peak_rss_mb(result), code
 
