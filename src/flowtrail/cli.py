@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flowtrail.config import ConfigError
-from flowtrail.records import ERROR_LEVELS, Metadata, RunSummary
+from flowtrail.records import RunSummary
 
 _LEVEL_STYLE = {
     "debug": "dim",
@@ -346,22 +346,6 @@ def _fitting_table(
     return table
 
 
-def _print_records(records: list[Metadata], console: Console) -> None:
-    for r in records:
-        where = " / ".join(x for x in (r.job_name, r.stage_name) if x)
-        where = f" ({where})" if where else ""
-        place = f"[{r.filename}:{r.lineno}]"
-        line = f"{_short_time(r.datetime)} {r.level.upper():<9} {r.message}{where}  {place}"
-        if console.is_terminal:
-            style = _LEVEL_STYLE.get(r.level, "")
-            console.print(line, style=style or None, markup=False)
-        else:
-            click.echo(line)
-        if r.stack_trace and r.level in ERROR_LEVELS:
-            for text in r.stack_trace.rstrip().splitlines():
-                click.echo(f"    {text}")
-
-
 def _load_run(store: Any, run_id: str, children: bool) -> Any:
     try:
         data = store.find_trace_with_id(run_id, include_children=children, text=False)
@@ -372,25 +356,6 @@ def _load_run(store: Any, run_id: str, children: bool) -> Any:
     if data is None or (not data.meta and not data.spans and not data.open_spans):
         raise click.ClickException(f"no records of run {run_id!r} in {_where()}")
     return data
-
-
-_TREE_STYLES = (
-    ("✗", "bold red"),
-    ("[EXCEPTION]", "bold red"),
-    ("[ERROR]", "red"),
-    ("! ", "red"),
-    ("[WARNING]", "yellow"),
-    ("[DEBUG]", "dim"),
-    ("✓", "green"),
-    ("→", "bold"),
-)
-
-
-def _print_styled_tree(text: str, console: Console) -> None:
-    """The tree on a terminal: failures red, warnings yellow, span starts bold."""
-    for line in text.splitlines():
-        style = next((s for mark, s in _TREE_STYLES if mark in line), None)
-        console.print(line, style=style, markup=False, highlight=False)
 
 
 def _newest_run(store: Any, failed: bool) -> str:
@@ -425,45 +390,154 @@ def _write(text: str) -> None:
 @click.option(
     "--children/--no-children", default=True, show_default=True, help="Include child runs."
 )
-def show(run_id: str | None, store_url: str | None, failed: bool, fmt: str, children: bool) -> None:
+@click.option(
+    "--summary", "summary_only", is_flag=True, help="Only the summary (status, first failure...)."
+)
+@click.option("--level", default=None, help="Only records at or above this level.")
+@click.option("--span", "span_name", default=None, help="Only spans named NAME (or KIND.NAME).")
+@click.option(
+    "--errors", is_flag=True, help="Only failed spans with their logs, and error records."
+)
+@click.option("--depth", type=click.IntRange(min=0), default=None, help="Spans N levels deep.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N records.")
+@click.option("--pager/--no-pager", default=True, help="Page a long output on a terminal.")
+def show(
+    run_id: str | None,
+    store_url: str | None,
+    failed: bool,
+    fmt: str,
+    children: bool,
+    summary_only: bool,
+    level: str | None,
+    span_name: str | None,
+    errors: bool,
+    depth: int | None,
+    limit: int | None,
+    pager: bool,
+) -> None:
     """Print one run (default: the newest; --failed: the newest that failed): its tree of
-    spans with their logs, then a summary with the first failure."""
-    from flowtrail.formats.document import run_json
-    from flowtrail.formats.tree import render_tree
+    spans with their logs, then a summary with the first failure. Runs of any size are
+    read as they are printed."""
+    from flowtrail.formats.document import run_json_chunks
+    from flowtrail.formats.stream import (
+        RECORD_TEXT_FIELDS,
+        RECORD_TREE_FIELDS,
+        SUMMARY_FIELDS,
+        TREE_FIELDS,
+        Selection,
+        ShowFilter,
+        record_lines,
+        summary_lines,
+        tree_lines,
+    )
+    from flowtrail.handlers.query import check_level
+    from flowtrail.paging import write_lines
+    from flowtrail.status import run_status, split_open
 
+    try:
+        check_level(level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--level") from None
+    options = ShowFilter(level=level, span=span_name, errors=errors, depth=depth, limit=limit)
     store = _store(store_url)
     run_id = _newest_run(store, failed) if run_id is None else _run_id(store, run_id)
     status = Console(stderr=True)
     with status.status("reading the run…") if status.is_terminal else _nothing():
-        data = _load_run(store, run_id, children)
-    if fmt == "json":
-        _write(run_json(data, run_id=run_id) + "\n")
-        return
-    if fmt == "human" and (data.spans or data.open_spans):
-        text = render_tree(data, run_id=run_id)
-        console = _console()
-        if console.is_terminal:
-            _print_styled_tree(text, console)
-        else:
-            _write(text)
-        return
-    from flowtrail.status import run_status
-
+        try:
+            # The tree and the summary need a few fields, and the events of failed spans
+            # only (where they failed); the JSON document holds every span's all.
+            spans = store.run_spans(
+                run_id,
+                include_children=children,
+                all_events=fmt == "json",
+                fields=None if fmt == "json" else SUMMARY_FIELDS if summary_only else TREE_FIELDS,
+            )
+            spans, open_spans = split_open(spans)
+            counts = store.record_counts(run_id, include_children=children)
+            # The run's status needs its error records only (`flowtrail.status`).
+            state = run_status(
+                store.iter_records(run_id, include_children=children, level="error"),
+                spans,
+                open_spans,
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    if not spans and not open_spans and not counts.records:
+        raise click.ClickException(f"no records of run {run_id!r} in {_where()}")
     console = _console()
-    state = run_status(data.meta, data.spans, data.open_spans)
-    errors = [r for r in data.meta if r.level in ERROR_LEVELS]
-    workflow = next((r.workflow_name for r in data.meta if r.workflow_name), "-")
-    click.echo(
-        f"Run {run_id}  workflow={workflow}  status={state.text}  records={len(data.meta)}  "
-        f"errors={len(errors)}"
-    )
-    if data.meta:
-        click.echo(f"From {data.meta[0].datetime} to {data.meta[-1].datetime}")
-    click.echo("")
-    _print_records(data.meta, console)
-    if errors:
-        click.echo("")
-        click.echo(f"{len(errors)} error record(s); first: {errors[0].message}")
+    selection = Selection(spans, options)
+
+    def records(fields: Any = None) -> Any:
+        # Only the levels asked for are read (--errors needs every level of failed spans).
+        return store.iter_records(
+            run_id, include_children=children, level=None if errors else level, fields=fields
+        )
+
+    if fmt == "json":
+        shown = (s for s in spans if selection.span_shown(s))
+        chosen: Iterable[Any] = (
+            r for r in records() if selection.record_shown(r, selection.owner(r))
+        )
+        if options.limit is not None:
+            from itertools import islice
+
+            chosen = islice(chosen, options.limit)
+        _write_chunks(
+            run_json_chunks(list(shown), chosen, run_id=run_id, first=counts.first, state=state)
+        )
+        return
+    if summary_only:
+        lines: Any = summary_lines(spans, counts, state=state)
+    elif fmt == "human" and (spans or open_spans):
+        lines = tree_lines(
+            spans,
+            records(RECORD_TREE_FIELDS),
+            run_id=run_id,
+            counts=counts,
+            options=options,
+            state=state,
+        )
+    else:
+        workflow = counts.first.workflow_name if counts.first else None
+        workflow = workflow or next((s.workflow_name for s in spans if s.workflow_name), None)
+        lines = record_lines(
+            records(RECORD_TEXT_FIELDS),
+            selection,
+            run_id=run_id,
+            counts=counts,
+            workflow=workflow,
+            state=state,
+        )
+    write_lines(lines, terminal=console.is_terminal, pager=pager, style=_styled_line)
+
+
+def _write_chunks(chunks: Any) -> None:
+    from flowtrail.paging import write_text
+
+    write_text(chunks)
+
+
+def _styled_line(line: str) -> str:
+    """A line of ``show`` on a terminal: failures red, warnings yellow, span starts bold."""
+    for mark, (color, bold, dim) in _LINE_STYLES:
+        if mark in line:
+            return click.style(line, fg=color, bold=bold, dim=dim)
+    return line
+
+
+_LINE_STYLES = (
+    ("✗", ("red", True, False)),
+    ("[EXCEPTION]", ("red", True, False)),
+    (" EXCEPTION ", ("red", True, False)),
+    ("[ERROR]", ("red", False, False)),
+    (" ERROR ", ("red", False, False)),
+    ("! ", ("red", False, False)),
+    ("[WARNING]", ("yellow", False, False)),
+    (" WARNING ", ("yellow", False, False)),
+    ("[DEBUG]", (None, False, True)),
+    ("✓", ("green", False, False)),
+    ("→", (None, True, False)),
+)
 
 
 @main.command()

@@ -3,17 +3,54 @@ Schema it follows, for other tools to import."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from operator import attrgetter
 from typing import Any
 
 import msgspec
 
+from flowtrail.handlers.query import without_log_events
 from flowtrail.metrics import aggregate, metrics_dict
 from flowtrail.records import Metadata, Span, TraceData
-from flowtrail.status import run_status
+from flowtrail.status import RunStatus, run_status
 
 SCHEMA_ID = "https://flowtrail.dev/schema/run-1.json"
+
+
+def _span_doc(span: Span) -> dict[str, Any]:
+    # A span's ``log`` events repeat the records written in it, which are in "logs"
+    # (with the span's id): the document holds each log once.
+    doc = msgspec.to_builtins(without_log_events(span))
+    doc["operation"] = f"{span.kind}.{span.name}"
+    return doc
+
+
+def _head(
+    spans: Sequence[Span],
+    records: Sequence[Metadata],
+    run_id: str | None,
+    state: RunStatus,
+    workflow: str | None = None,
+) -> dict[str, Any]:
+    """The document's fields before its spans and logs."""
+    run_id = run_id or (records[0].run_id if records else spans[0].run_id if spans else None)
+    trace_id = spans[0].trace_id if spans else (records[0].trace_id if records else None)
+    workflow = (
+        workflow
+        or next((r.workflow_name for r in records if r.workflow_name), None)
+        or next((s.workflow_name for s in spans if s.workflow_name), None)
+    )
+    return {
+        "$schema": SCHEMA_ID,
+        "run_id": run_id,
+        "trace_id": trace_id,
+        "workflow_name": workflow,
+        "status": state.status,
+        "retried": state.retried,
+        "failures": state.failures,
+        "first_failure": state.first_failure,
+        "interrupted_by": state.interrupted_by,
+    }
 
 
 def run_document(
@@ -26,33 +63,14 @@ def run_document(
     """A plain-data document of one run. ``spans`` and ``logs``: the ones to put in it
     (default: all of the run's); the status and metrics are always the whole run's."""
     by_start = attrgetter("start_ns", "end_ns")
-    shown = None if spans is None else sorted(spans, key=by_start)
-    spans = sorted(data.spans, key=by_start)
-    records = data.meta
-    run_id = run_id or (records[0].run_id if records else spans[0].run_id if spans else None)
-    trace_id = spans[0].trace_id if spans else (records[0].trace_id if records else None)
-    workflow = next((r.workflow_name for r in records if r.workflow_name), None) or next(
-        (s.workflow_name for s in spans if s.workflow_name), None
-    )
-    span_docs = []
-    for span in spans if shown is None else shown:
-        doc = msgspec.to_builtins(span)
-        doc["operation"] = f"{span.kind}.{span.name}"
-        span_docs.append(doc)
-    state = run_status(records, spans, data.open_spans)
+    every = sorted(data.spans, key=by_start)
+    shown = every if spans is None else sorted(spans, key=by_start)
+    state = run_status(data.meta, every, data.open_spans)
     return {
-        "$schema": SCHEMA_ID,
-        "run_id": run_id,
-        "trace_id": trace_id,
-        "workflow_name": workflow,
-        "status": state.status,
-        "retried": state.retried,
-        "failures": state.failures,
-        "first_failure": state.first_failure,
-        "interrupted_by": state.interrupted_by,
-        "spans": span_docs,
-        "logs": msgspec.to_builtins(records if logs is None else logs),
-        "metrics": metrics_dict(aggregate(spans)) if spans else None,
+        **_head(every, data.meta, run_id, state),
+        "spans": [_span_doc(span) for span in shown],
+        "logs": msgspec.to_builtins(data.meta if logs is None else logs),
+        "metrics": metrics_dict(aggregate(every)) if every else None,
     }
 
 
@@ -60,6 +78,55 @@ def run_json(data: TraceData, *, run_id: str | None = None, indent: int = 2) -> 
     """The JSON text of `run_document`."""
     raw = msgspec.json.encode(run_document(data, run_id=run_id))
     return msgspec.json.format(raw, indent=indent).decode() if indent else raw.decode()
+
+
+def run_json_chunks(
+    spans: list[Span],
+    records: Iterable[Metadata],
+    *,
+    run_id: str,
+    first: Metadata | None = None,
+    state: RunStatus | None = None,
+    indent: int = 2,
+) -> Iterator[str]:
+    """The text of `run_json` in pieces, reading ``records`` as it goes: a run of any
+    size is written in bounded memory. ``first`` (the run's first record) gives the trace
+    id and workflow when there are no spans; ``state`` is the run's status
+    (`flowtrail.status.run_status`, from its error records)."""
+    spans = sorted(spans, key=lambda s: (s.start_ns, s.end_ns))
+    state = state or run_status([], spans)
+    head = _head(spans[:1], [first] if first else [], run_id, state)
+    encode = msgspec.json.encode
+    pad = " " * indent
+    sep = ",\n" + pad if indent else ","
+
+    def pretty(value: Any, depth: int) -> str:
+        if not indent:
+            return encode(value).decode()
+        text = msgspec.json.format(encode(value), indent=indent).decode()
+        return text.replace("\n", "\n" + pad * depth)
+
+    def array(name: str, items: Iterable[Any]) -> Iterator[str]:
+        yield sep + (f'"{name}": [' if indent else f'"{name}":[')
+        batch: list[str] = []
+        empty = True
+        for item in items:
+            batch.append(("\n" + pad * 2 if indent else "") + pretty(item, 2))
+            if len(batch) >= 500:
+                yield ("" if empty else ",") + ",".join(batch)
+                empty, batch = False, []
+        if batch:
+            yield ("" if empty else ",") + ",".join(batch)
+            empty = False
+        yield "]" if empty or not indent else "\n" + pad + "]"
+
+    text = pretty(head, 0)
+    yield text[: text.rindex("}")].rstrip()
+    yield from array("spans", map(_span_doc, spans))
+    yield from array("logs", records)
+    metrics = metrics_dict(aggregate(spans)) if spans else None
+    yield sep + ('"metrics": ' if indent else '"metrics":') + pretty(metrics, 1)
+    yield "\n}" if indent else "}"
 
 
 _STATS = {

@@ -8,7 +8,7 @@ from typing import Any
 
 from flowtrail.metrics import Metrics, aggregate
 from flowtrail.records import Metadata, Span, TraceData, parse_iso
-from flowtrail.status import run_status
+from flowtrail.status import RunStatus, run_status
 
 OK_MARK = "✓"
 ERROR_MARK = "✗"
@@ -112,12 +112,8 @@ def render_tree(
     return "\n".join(lines) + "\n"
 
 
-def render_summary(data: TraceData, metrics: Metrics | None = None) -> list[str]:
-    """The summary lines under a tree: the run's status (`flowtrail.status`), then what
-    ran and what failed, each line counting what it names."""
-    spans = data.spans
-    error_records = sum(1 for r in data.meta if r.error_flag)
-    state = run_status(data.meta, spans, data.open_spans)
+def status_text(state: RunStatus) -> str:
+    """The ``- Status:`` of a summary: the status, and why where it needs saying."""
     status = state.text
     if state.status == "ok" and state.retried:
         plural = "s" if state.retried != 1 else ""
@@ -125,7 +121,16 @@ def render_summary(data: TraceData, metrics: Metrics | None = None) -> list[str]
     elif state.open_spans and state.status in ("running", "interrupted"):
         plural = "s" if state.open_spans != 1 else ""
         status += f": {state.open_spans} span{plural} started and not ended"
-    lines = ["Summary:", f"- Status: {status}"]
+    return status
+
+
+def render_summary(data: TraceData, metrics: Metrics | None = None) -> list[str]:
+    """The summary lines under a tree: the run's status (`flowtrail.status`), then what
+    ran and what failed, each line counting what it names."""
+    spans = data.spans
+    error_records = sum(1 for r in data.meta if r.error_flag)
+    state = run_status(data.meta, spans, data.open_spans)
+    lines = ["Summary:", f"- Status: {status_text(state)}"]
     if not spans:
         lines.append(f"- Records: {len(data.meta)}")
         lines.append(f"- Error Records: {error_records}")

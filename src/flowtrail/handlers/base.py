@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -31,9 +31,10 @@ from flowtrail.context import check_run_id
 from flowtrail.context import safe_run_id as safe_run_id
 from flowtrail.logrecords import drop_echo, is_ignored_logger, metadata_from_log_record, writing
 from flowtrail.pipeline import Pipeline, PipelineOptions, all_pipelines, get_pipeline
-from flowtrail.records import Metadata, TraceData
+from flowtrail.records import LEVELS, Metadata, Span, TraceData
 
 if TYPE_CHECKING:
+    from flowtrail.handlers.query import RecordCounts
     from flowtrail.records import RunSummary
 
 
@@ -443,6 +444,60 @@ class StoreReader:
         `TraceData`. ``text=False`` skips rebuilding the stdout/stderr text where it is
         derived."""
         raise NotImplementedError
+
+    def iter_records(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        level: str | None = None,
+        fields: Iterable[str] | None = None,
+    ) -> Iterator[Metadata]:
+        """One run's records (and its child runs' with ``include_children``), at or above
+        ``level``, in the order they were written, read a batch at a time so that a run of
+        any size is read in bounded memory; with ``fields`` the stores may read only
+        those fields (the others keep their defaults). Stores override this; the
+        default reads the whole run."""
+        from flowtrail.handlers.query import check_level
+
+        minimum = check_level(level) or 0
+        data = self.find_trace_with_id(run_id, include_children=include_children, text=False)
+        for record in data.meta:
+            if LEVELS.get(record.level, 0) >= minimum:
+                yield record
+
+    def run_spans(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        all_events: bool = True,
+        fields: Iterable[str] | None = None,
+    ) -> list[Span]:
+        """One run's spans (and its child runs'), oldest first, without their ``log``
+        events (the records themselves are read with `iter_records`); with
+        ``all_events=False`` only failed spans keep their events; with ``fields`` the
+        stores may read only those fields (the others keep their defaults)."""
+        from flowtrail.handlers.query import without_log_events
+
+        data = self.find_trace_with_id(run_id, include_children=include_children, text=False)
+        spans = [without_log_events(span) for span in data.spans]
+        if all_events:
+            return spans
+        return [
+            s if s.status == "error" or not s.events else msgspec.structs.replace(s, events=[])
+            for s in spans
+        ]
+
+    def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
+        """How many records the run has, how many errors, and its first, last and first
+        error record, without holding the records."""
+        from flowtrail.handlers.query import RecordCounts
+
+        counts = RecordCounts()
+        for record in self.iter_records(run_id, include_children=include_children):
+            counts.add(record)
+        return counts
 
     def search(
         self,

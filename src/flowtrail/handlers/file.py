@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import builtins
 import errno
+import functools
+import heapq
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -38,9 +41,26 @@ from flowtrail.handlers.base import (
     StoreReader,
     check_run_id,
 )
-from flowtrail.handlers.query import RecordFilter, parse_time, sort_by_time, summarize
+from flowtrail.handlers.query import (
+    RecordCounts,
+    RecordFilter,
+    SpanLoader,
+    check_level,
+    merge_counts,
+    parse_time,
+    sort_by_time,
+    summarize,
+)
 from flowtrail.pipeline import PartialExport
-from flowtrail.records import Metadata, RunSummary, TraceData, decode_metadata, encode_lines
+from flowtrail.records import (
+    LEVELS,
+    Metadata,
+    RunSummary,
+    Span,
+    TraceData,
+    decode_metadata,
+    encode_lines,
+)
 from flowtrail.status import split_open
 
 _FILES = ("stdout.txt", "stderr.txt", "metadata.txt", "spans.txt")
@@ -417,6 +437,61 @@ class FileHandler(BaseHandler, StoreReader):
                 sort_by_time(data.meta)
         return self.found(run_id, data, force_raise)
 
+    def _run_and_children(self, run_id: str, include_children: bool) -> list[Path]:
+        self._flush_own()
+        folder = self.run_dir(run_id)
+        return [folder, *(self._child_folders(run_id) if include_children else ())]
+
+    def iter_records(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        level: str | None = None,
+        fields: Iterable[str] | None = None,
+    ) -> Iterator[Metadata]:
+        # ``fields`` is not used: decoding a whole line into `Metadata` is faster than a
+        # part of it and then building the record.
+        minimum = check_level(level) or 0
+        decode = decode_metadata
+        streams = [
+            _iter_lines(folder / "metadata.txt", decode)
+            for folder in self._run_and_children(run_id, include_children)
+        ]
+        # Each run in its written order; a parent and its children merged by time.
+        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_DATETIME)
+        if not minimum:
+            yield from merged
+            return
+        for record in merged:
+            if LEVELS.get(record.level, 0) >= minimum:
+                yield record
+
+    def run_spans(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        all_events: bool = True,
+        fields: Iterable[str] | None = None,
+    ) -> list[Any]:
+        load = SpanLoader(fields, all_events=all_events)
+        decode = _line_decoder(Span, load.fields)
+        astuple = msgspec.structs.astuple
+        spans = [
+            load(astuple(line))
+            for folder in self._run_and_children(run_id, include_children)
+            for line in _iter_lines(folder / "spans.txt", decode)
+        ]
+        spans.sort(key=_START_NS)
+        return spans
+
+    def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
+        counts = RecordCounts()
+        for folder in self._run_and_children(run_id, include_children):
+            counts = merge_counts(counts, _count_records(folder / "metadata.txt"))
+        return counts
+
     def _child_folders(self, run_id: str) -> list[Path]:
         children = []
         for folder in self._run_folders():
@@ -441,21 +516,38 @@ class FileHandler(BaseHandler, StoreReader):
             text, run_id=run_id, workflow=workflow, level=level, since=since, until=until
         )
         folders = [self.run_dir(run_id)] if run_id else self._run_folders()
-        found: list[Metadata] = []
-        for folder in folders:
-            found.extend(r for r in self._read_records(folder / "metadata.txt") if keep(r))
-        found.sort(key=lambda r: parse_time(r.datetime))
-        return found[:limit] if limit is not None else found
+        decode: Any = decode_metadata
+        needle = text.lower().encode() if text else b""
+        if needle and needle.isascii() and not any(c in needle for c in b'"\\'):
+            # A line all in ASCII holds the text as written (JSON escapes only quotes,
+            # backslashes and control characters): lines without it are never decoded.
+            def decode(line: bytes) -> Metadata | None:
+                if line.isascii() and needle not in line.lower():
+                    return None
+                return decode_metadata(line)
+
+        matches = (
+            record
+            for folder in folders
+            for record in _iter_lines(folder / "metadata.txt", decode)
+            if record is not None and keep(record)
+        )
+        if limit is not None:  # the oldest ``limit``, holding no more than that many
+            return heapq.nsmallest(limit, matches, key=lambda r: parse_time(r.datetime))
+        return sorted(matches, key=lambda r: parse_time(r.datetime))
 
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         self._flush_own()
         summaries = []
         for folder in self._run_folders():
-            records = self._read_records(folder / "metadata.txt")
-            spans, still_open = self._finished_and_open(folder)
-            if not records and not spans and not still_open:
+            # The fields a summary reads, one line at a time: a run of any size is summed
+            # up without holding its records.
+            records = _iter_lines(folder / "metadata.txt", _decode_brief_record)
+            spans, still_open = split_open(_iter_lines(folder / "spans.txt", _decode_brief_span))
+            first = next(records, None)
+            if first is None and not spans and not still_open:
                 continue
-            summary = summarize(records, spans, still_open)
+            summary = summarize(chain([first] if first else [], records), spans, still_open)
             if workflow is None or summary.workflow_name == workflow:
                 summaries.append(summary)
         summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
@@ -535,6 +627,125 @@ def _after_torn_fragment(raw: bytes, decode: Any) -> Any:
         except (msgspec.DecodeError, msgspec.ValidationError):
             start = raw.find(b'{"', start + 1)
     return None
+
+
+class _Flag(msgspec.Struct):
+    """The one field a count needs (msgspec skips the others without building them)."""
+
+    error_flag: bool = False
+
+
+_decode_flag = msgspec.json.Decoder(_Flag).decode
+_DATETIME = attrgetter("datetime")
+_START_NS = attrgetter("start_ns")
+
+
+class _BriefRecord(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a record that `summarize` and the run status read."""
+
+    run_id: str
+    parent_run_id: str | None = None
+    level: str = "info"
+    message: str = ""
+    error_flag: bool = False
+    datetime: str = ""
+    workflow_name: str | None = None
+    span_id: str | None = None
+    exception_type: str | None = None
+    exception_message: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class _BriefSpan(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a span that `summarize` reads."""
+
+    run_id: str
+    span_id: str
+    parent_span_id: str | None = None
+    parent_run_id: str | None = None
+    kind: str = ""
+    name: str = ""
+    start_ns: int = 0
+    end_ns: int = 0
+    start_time: str = ""
+    end_time: str = ""
+    status: str = "ok"
+    status_message: str | None = None
+    workflow_name: str | None = None
+    attributes: dict[str, Any] = {}
+    hostname: str | None = None
+    process: int = 0
+
+
+_decode_brief_record = msgspec.json.Decoder(_BriefRecord).decode
+_decode_brief_span = msgspec.json.Decoder(_BriefSpan).decode
+
+
+@functools.lru_cache(maxsize=8)
+def _line_decoder(cls: type[Any], fields: tuple[str, ...]) -> Any:
+    """A decoder of JSON lines of struct ``cls`` that reads only ``fields`` (the others
+    are skipped without being built); a span's events are left as JSON text (decoded
+    only if wanted)."""
+    infos = {info.name: info for info in msgspec.structs.fields(cls)}
+    spec: list[Any] = []
+    for name in fields:
+        info = infos[name]
+        if cls is Span and name == "events":
+            spec.append((name, msgspec.Raw, msgspec.Raw(b"[]")))
+        elif info.required:
+            spec.append((name, info.type))
+        elif info.default is msgspec.NODEFAULT:  # made by a factory: None until built
+            spec.append((name, info.type | None, None))
+        else:
+            spec.append((name, info.type, info.default))
+    line = msgspec.defstruct(f"{cls.__name__}Line", spec, gc=False)
+    return msgspec.json.Decoder(line).decode
+
+
+def _iter_lines(path: Path, decode: Any, raw: bool = False) -> Iterator[Any]:
+    """The records of a JSON-lines file, one line at a time (a torn line is read as
+    `FileHandler._read_records` reads it); with ``raw``, ``(line, record)`` pairs."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            line = line.rstrip(b"\n")
+            if not line:
+                continue
+            try:
+                record = decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                record = _after_torn_fragment(line, decode)
+                if record is None:
+                    continue
+                start = line.find(b'{"', 1)
+                line = line[start:]
+            yield (line, record) if raw else record
+
+
+def _count_records(path: Path) -> RecordCounts:
+    """`RecordCounts` of one metadata.txt, decoding one field a line (and the whole of
+    only the first, last and first error record)."""
+    total = errors = 0
+    first = last = first_error = None
+    for line, flag in _iter_lines(path, _decode_flag, raw=True):
+        total += 1
+        if first is None:
+            first = line
+        last = line
+        if flag.error_flag:
+            errors += 1
+            if first_error is None:
+                first_error = line
+    return RecordCounts(
+        records=total,
+        error_records=errors,
+        first=decode_metadata(first) if first else None,
+        last=decode_metadata(last) if last else None,
+        first_error=decode_metadata(first_error) if first_error else None,
+    )
 
 
 def _first_record(path: Path) -> Metadata | None:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from flowtrail.records import ERROR_LEVELS, LEVELS, Metadata, RunSummary, Span, parse_iso
+import msgspec
+
+from flowtrail.records import (
+    ERROR_LEVELS,
+    LEVELS,
+    SPAN_FIELDS,
+    Metadata,
+    RunSummary,
+    Span,
+    SpanEvent,
+    parse_iso,
+)
+from flowtrail.status import run_status
 from flowtrail.timeparse import parse_time_filter
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
@@ -90,35 +102,52 @@ class RecordFilter:
 
 
 def summarize(
-    records: Sequence[Metadata], spans: Sequence[Span] = (), open_spans: Sequence[Span] = ()
+    records: Iterable[Metadata], spans: Sequence[Span] = (), open_spans: Sequence[Span] = ()
 ) -> RunSummary:
     """The summary of one run's records, finished spans and open spans (its status by
-    `flowtrail.status.run_status`)."""
-    from flowtrail.status import run_status
-
-    first = records[0] if records else None
+    `flowtrail.status.run_status`); the records are read once, one at a time, and only
+    the error records are kept (a run of any size is summed up without holding it)."""
+    first = None
+    count = warnings = errors = 0
+    earliest = latest = None
+    workflow = None
+    error_records: list[Metadata] = []
+    for record in records:
+        if first is None:
+            first = record
+        count += 1
+        level = record.level
+        if level == "warning":
+            warnings += 1
+        elif level in ERROR_LEVELS:
+            errors += 1
+            error_records.append(record)
+        moment = record.datetime
+        if earliest is None or moment < earliest:
+            earliest = moment
+        if latest is None or moment > latest:
+            latest = moment
+        if workflow is None:
+            workflow = record.workflow_name
     some_span = spans[0] if spans else open_spans[0] if open_spans else None
-    times = sorted(
-        [r.datetime for r in records]
-        + [s.start_time for s in spans]
-        + [s.end_time for s in spans]
-        + [s.start_time for s in open_spans]
-    )
-    workflow = next((r.workflow_name for r in records if r.workflow_name), None) or next(
+    times = [t for t in (earliest, latest) if t is not None]
+    times += [s.start_time for s in spans] + [s.end_time for s in spans]
+    times += [s.start_time for s in open_spans]
+    workflow = workflow or next(
         (s.workflow_name for s in (*spans, *open_spans) if s.workflow_name), None
     )
     ids = {span.span_id for span in spans}
     top = [span for span in spans if span.parent_span_id not in ids]
-    status = run_status(records, spans, open_spans)
+    status = run_status(error_records, spans, open_spans)
     return RunSummary(
         run_id=first.run_id if first else some_span.run_id,  # type: ignore[union-attr]
         parent_run_id=first.parent_run_id if first else some_span.parent_run_id,  # type: ignore[union-attr]
         workflow_name=workflow,
-        start=times[0] if times else None,
-        end=times[-1] if times else None,
-        records=len(records),
-        warnings=sum(1 for r in records if r.level == "warning"),
-        errors=sum(1 for r in records if r.level in ERROR_LEVELS),
+        start=min(times) if times else None,
+        end=max(times) if times else None,
+        records=count,
+        warnings=warnings,
+        errors=errors,
         spans=len(spans),
         span_errors=sum(1 for s in spans if s.status == "error"),
         span_status=("error" if any(s.status == "error" for s in top) else "ok") if spans else None,
@@ -126,4 +155,181 @@ def summarize(
         retried=status.retried,
         failures=status.failures,
         interrupted_by=status.interrupted_by,
+    )
+
+
+class RecordCounts(msgspec.Struct, kw_only=True):
+    """What a summary needs of a run's records without reading them all into memory:
+    how many, how many have the error flag, and the first, last and first error record."""
+
+    records: int = 0
+    error_records: int = 0
+    first: Metadata | None = None
+    last: Metadata | None = None
+    first_error: Metadata | None = None
+
+    def add(self, record: Metadata) -> None:
+        """Count one more record (in the order they were written)."""
+        self.records += 1
+        if self.first is None:
+            self.first = record
+        self.last = record
+        if record.error_flag:
+            self.error_records += 1
+            if self.first_error is None:
+                self.first_error = record
+
+
+class _EventName(msgspec.Struct):
+    name: str = ""
+
+
+#: One empty list for the spans that have no events left (spans are frozen).
+_NO_EVENTS: list[SpanEvent] = []
+_event_names = msgspec.json.Decoder(list[_EventName]).decode
+_events = msgspec.json.Decoder(list[SpanEvent]).decode
+
+
+def events_without_logs(raw: bytes | str | None) -> list[SpanEvent]:
+    """A span's events from their JSON text, without its ``log`` events, reading only
+    the names of the events it drops (a run's 1,000,000 log events are never built)."""
+    if not raw:
+        return []
+    names = [event.name for event in _event_names(raw)]
+    if "log" not in names:
+        return _events(raw)
+    if names.count("log") == len(names):
+        return _NO_EVENTS
+    return [event for event in _events(raw) if event.name != "log"]
+
+
+#: Span fields whose values repeat from span to span of a run.
+_SHARED = [
+    SPAN_FIELDS.index(name)
+    for name in (
+        "run_id",
+        "trace_id",
+        "name",
+        "kind",
+        "parent_run_id",
+        "workflow_name",
+        "job_name",
+        "stage_name",
+        "hostname",
+        "status",
+    )
+]
+_ATTRIBUTES = SPAN_FIELDS.index("attributes")
+_EVENTS = SPAN_FIELDS.index("events")
+_STATUS = SPAN_FIELDS.index("status")
+_SAMPLED = SPAN_FIELDS.index("sampled")
+_decode_json = msgspec.json.decode
+
+
+def partial_loader(
+    cls: type[Any], fields: Iterable[str] | None, build: Callable[[list[Any]], Any]
+) -> tuple[tuple[str, ...], Callable[[Sequence[Any]], Any]]:
+    """For a reader that reads only ``fields`` of struct ``cls`` (None: all; required
+    fields are always read): the fields read, in ``cls``'s order, and a function from a
+    row of their values to ``build`` of the full values list (defaults for the others;
+    None for fields made by a factory, which ``build`` must fill)."""
+    names = cls.__struct_fields__
+    wanted = set(names if fields is None else fields)
+    template: list[Any] = []
+    for info in msgspec.structs.fields(cls):
+        if info.required:
+            wanted.add(info.name)
+        template.append(info.default if info.default is not msgspec.NODEFAULT else None)
+    chosen = tuple(name for name in names if name in wanted)
+    if len(chosen) == len(names):
+        return chosen, lambda row: build(list(row))
+    positions = [names.index(name) for name in chosen]
+
+    def load(row: Sequence[Any]) -> Any:
+        values = template.copy()
+        for index, value in zip(positions, row, strict=True):
+            values[index] = value
+        return build(values)
+
+    return chosen, load
+
+
+class SpanLoader:
+    r"""Builds `Span`\ s from their stored values, for a reader that holds a whole run's
+    spans:
+
+    - only ``fields`` are read (`fields`, in `SPAN_FIELDS` order; the others keep their
+      defaults): a summary needs a few, the JSON document all;
+    - ``log`` events are left out (they repeat the run's records) and never built; with
+      ``all_events=False`` only failed spans keep their events (they tell where the span
+      failed);
+    - the names that repeat from span to span (run, trace, workflow, job, host) are
+      shared with the spans built before, so 100,000 spans hold each once.
+
+    A row holds the values of `fields` in order: the attributes as JSON text or a dict,
+    the events as JSON text or bytes.
+    """
+
+    def __init__(self, fields: Iterable[str] | None = None, *, all_events: bool = True) -> None:
+        self.fields, self._load = partial_loader(Span, fields, self._build)
+        positions = {SPAN_FIELDS.index(name) for name in self.fields}
+        self._shared = [i for i in _SHARED if i in positions]
+        self._all_events = all_events
+        shared: dict[Any, Any] = {}
+        self._share = shared.setdefault
+
+    def __call__(self, row: Sequence[Any]) -> Span:
+        return self._load(row)
+
+    def _build(self, values: list[Any]) -> Span:
+        share = self._share
+        for index in self._shared:
+            value = values[index]
+            if value is not None:
+                values[index] = share(value, value)
+        attributes = values[_ATTRIBUTES]
+        if attributes.__class__ is not dict:
+            values[_ATTRIBUTES] = _decode_json(attributes) if attributes else {}
+        raw = values[_EVENTS]
+        if raw and (self._all_events or values[_STATUS] == "error"):
+            values[_EVENTS] = events_without_logs(raw)
+        else:
+            values[_EVENTS] = _NO_EVENTS
+        values[_SAMPLED] = bool(values[_SAMPLED])
+        return Span(*values)
+
+
+def without_log_events(span: Span) -> Span:
+    """``span`` without its ``log`` events: they repeat the run's records (each record
+    written in a span is attached to it as an event), so a reader that has the records
+    need not hold them twice."""
+    events = span.events
+    if not events or not any(event.name == "log" for event in events):
+        return span
+    return msgspec.structs.replace(span, events=[e for e in events if e.name != "log"])
+
+
+def level_names(level: str | None) -> list[str] | None:
+    """The level names at or above ``level`` (None: no filter)."""
+    minimum = check_level(level)
+    if minimum is None:
+        return None
+    return [name for name, value in LEVELS.items() if value >= minimum]
+
+
+def merge_counts(a: RecordCounts, b: RecordCounts) -> RecordCounts:
+    """The counts of two runs read together (a parent and its child runs)."""
+
+    def pick(x: Metadata | None, y: Metadata | None, last: bool = False) -> Metadata | None:
+        if x is None or y is None:
+            return x or y
+        later = parse_time(y.datetime) > parse_time(x.datetime)
+        return y if later == last else x
+
+    return RecordCounts(
+        records=a.records + b.records,
+        error_records=a.error_records + b.error_records,
+        first=pick(a.first, b.first),
+        last=pick(a.last, b.last, last=True),
+        first_error=pick(a.first_error, b.first_error),
     )

@@ -18,12 +18,14 @@ returns True survives a power loss too (see benchmarks/README.md for its cost).
 from __future__ import annotations
 
 import builtins
+import heapq
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -32,7 +34,18 @@ import msgspec
 from flowtrail.config import DEFAULT_LOG_FORMAT_FILE, ConfigError, Settings
 from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
-from flowtrail.handlers.query import check_level, parse_time, sort_by_time
+from flowtrail.handlers.query import (
+    RecordCounts,
+    SpanLoader,
+    check_level,
+    level_names,
+    parse_time,
+    partial_loader,
+    sort_by_time,
+)
+from flowtrail.handlers.query import (
+    merge_counts as _merge_counts,
+)
 from flowtrail.lifecycle import INTERRUPTED
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import (
@@ -458,6 +471,112 @@ class SQLiteHandler(BaseHandler, StoreReader):
             conn.close()
         return [_span_record(row) for row in rows]
 
+    def _iter_select(self, sql: str, params: Sequence[Any], convert: Any) -> Iterator[Any]:
+        """``convert`` of each row of ``sql``, fetched a batch at a time."""
+        conn = self._reader()
+        try:
+            cursor = conn.execute(sql, params)
+            while rows := cursor.fetchmany(2000):
+                yield from map(convert, rows)
+        finally:
+            conn.close()
+
+    def _run_ids(self, run_id: str, include_children: bool) -> list[str]:
+        """``run_id`` and, with ``include_children``, the runs whose parent it is."""
+        if not include_children:
+            return [run_id]
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT DISTINCT run_id FROM {self.table} WHERE parent_run_id = ? AND run_id != ?",
+                (run_id, run_id),
+            ).fetchall()
+        finally:
+            conn.close()
+        return [run_id, *sorted(row[0] for row in rows)]
+
+    def iter_records(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        level: str | None = None,
+        fields: Iterable[str] | None = None,
+    ) -> Iterator[Metadata]:
+        names = level_names(level)
+        where = "run_id = ?"
+        if names:
+            where += f" AND level IN ({', '.join('?' for _ in names)})"
+        columns, load = partial_loader(Metadata, fields, _record)
+        sql = f"SELECT {', '.join(columns)} FROM {self.table} WHERE {where} ORDER BY id"
+        streams = [
+            self._iter_select(sql, (run, *(names or ())), load)
+            for run in self._run_ids(run_id, include_children)
+        ]
+        if len(streams) == 1:
+            yield from streams[0]
+        else:  # each run in its own written order, the runs merged by time
+            yield from heapq.merge(*streams, key=attrgetter("datetime"))
+
+    def run_spans(
+        self,
+        run_id: str,
+        *,
+        include_children: bool = False,
+        all_events: bool = True,
+        fields: Iterable[str] | None = None,
+    ) -> list[Span]:
+        where = "run_id = ?"
+        params: tuple[str, ...] = (run_id,)
+        if include_children:
+            where, params = "run_id = ? OR parent_run_id = ?", (run_id, run_id)
+        load = SpanLoader(fields, all_events=all_events)
+        columns = [
+            # The events of failed spans only, unless all are wanted: the others not read.
+            "CASE WHEN status = 'error' THEN events END"
+            if name == "events" and not all_events
+            else name
+            for name in load.fields
+        ]
+        sql = (
+            f"SELECT {', '.join(columns)} FROM {self.table}_spans WHERE {where} "
+            "ORDER BY start_ns, id"
+        )
+        return list(self._iter_select(sql, params, load))
+
+    def record_counts(self, run_id: str, *, include_children: bool = False) -> RecordCounts:
+        table, names = self.table, ", ".join(METADATA_FIELDS)
+        counts = RecordCounts()
+        conn = self._reader()
+        try:
+            for run in self._run_ids(run_id, include_children):
+
+                def one(sql: str, run: str = run) -> Metadata | None:
+                    row = conn.execute(
+                        f"SELECT {names} FROM {table} WHERE run_id = ? {sql} LIMIT 1", (run,)
+                    ).fetchone()
+                    return None if row is None else _record(row)
+
+                (total,) = conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE run_id = ?", (run,)
+                ).fetchone()
+                (errors,) = conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE run_id = ? AND error_flag", (run,)
+                ).fetchone()
+                counts = _merge_counts(
+                    counts,
+                    RecordCounts(
+                        records=total,
+                        error_records=errors,
+                        first=one("ORDER BY id"),
+                        last=one("ORDER BY id DESC"),
+                        first_error=one("AND error_flag ORDER BY id") if errors else None,
+                    ),
+                )
+        finally:
+            conn.close()
+        return counts
+
     def spans(
         self,
         *,
@@ -510,7 +629,9 @@ class SQLiteHandler(BaseHandler, StoreReader):
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("(message LIKE ? ESCAPE '\\' OR exception_message LIKE ? ESCAPE '\\')")
             params.extend([f"%{escaped}%"] * 2)
-        found = self._select(" AND ".join(clauses), params)
+        exact = not (text and not text.isascii()) and since is None and until is None
+        tail = "LIMIT ?" if exact and limit is not None else ""
+        found = self._select(" AND ".join(clauses), [*params, *([limit] if tail else [])], tail)
         if text and not text.isascii():
             # LIKE folds the case of ASCII letters only: match other text as the file
             # store does.
