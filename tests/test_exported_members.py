@@ -18,6 +18,8 @@ INTENDED = {
     "MemoryHandler",
     "Message",
     "Metadata",
+    "RestAPIHandler",
+    "RestAPITrace",
     "RunSummary",
     "SQLiteHandler",
     "Settings",

@@ -7,6 +7,7 @@ from flowtrail.handlers import (
     ConsoleHandler,
     FileHandler,
     MemoryHandler,
+    RestAPIHandler,
     SQLiteHandler,
     make_handler,
 )
@@ -15,7 +16,7 @@ from flowtrail.records import LEVELS, Message, Metadata, RunSummary, Span, SpanE
 from flowtrail.spans import LiveSpan
 from flowtrail.stdlib import FlowtrailLogHandler
 from flowtrail.testing import capture_traces
-from flowtrail.trace import Trace, active_trace, get_trace, shutdown
+from flowtrail.trace import RestAPITrace, Trace, active_trace, get_trace, shutdown
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,8 @@ __all__ = [
     "LiveSpan",
     "MemoryHandler",
     "Message",
+    "RestAPIHandler",
+    "RestAPITrace",
     "Metadata",
     "RunSummary",
     "SQLiteHandler",

@@ -316,11 +316,10 @@ class RestAPIHandler(BaseHandler):
         in the spool, re-sent later), then release the handler."""
         try:
             deadline = time.monotonic() + self.config.close_timeout
+            # Its pipelines (shared with traces using an equal handler) start again on
+            # the next record.
             for pipeline in self._pipelines():
-                pipeline.flush(max(0.0, deadline - time.monotonic()))
-            direct = self.__dict__.get("_direct_pipeline")
-            if direct is not None:
-                direct.close(max(0.0, deadline - time.monotonic()))
+                pipeline.close(max(0.0, deadline - time.monotonic()))
             self.close_exporter()
             self.__dict__["_closed"] = True
         finally:
