@@ -14,6 +14,10 @@ these return, and tests read it.
   structured metadata (Loki 3). Timestamps are nanoseconds as strings; entries are in
   time order within a stream.
 - Generic JSON endpoints: a JSON array or NDJSON of whole records.
+- CloudWatch Logs ``PutLogEvents`` (sent by botocore, see `flowtrail.cloudwatch`): one
+  JSON message an event, grouped by log group and stream (defaults: the workflow and the
+  run), sorted by time, in batches of at most 10,000 events, 1 MiB (message bytes plus 26
+  an event) and 24 hours; an event over 256 KiB is cut with a marker.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import base64
 import gzip as _gzip
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -414,6 +419,84 @@ def generic_requests(
     return requests
 
 
+# ---------------------------------------------------------------------- CloudWatch
+CW_MAX_EVENTS = 10_000
+CW_MAX_BATCH = 1_048_576
+CW_EVENT_OVERHEAD = 26
+CW_MAX_EVENT = 262_144
+CW_MAX_SPAN_MS = 24 * 3600 * 1000
+_CW_GROUP_BAD = re.compile(r"[^A-Za-z0-9._/#-]+")
+_CW_CORE = ("message", "level", "datetime", "run_id", "workflow_name", "trace_id", "span_id")
+
+
+@dataclass(frozen=True)
+class LogEventBatch:
+    """One ``PutLogEvents`` call: a log group and stream, and events in time order
+    (``{"timestamp": ms, "message": str}``). ``records`` are the records it carries."""
+
+    group: str
+    stream: str
+    events: tuple[dict[str, Any], ...]
+    records: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+
+def cloudwatch_names(
+    fields: Mapping[str, Any], log_group: str | None, log_stream: str | None
+) -> tuple[str, str]:
+    """The log group (``log_group``, else the workflow name, else ``flowtrail``) and
+    stream (``log_stream``, else the run id) of a record, as names CloudWatch accepts."""
+    group = log_group or str(fields.get("workflow_name") or "flowtrail")
+    group = _CW_GROUP_BAD.sub("_", group)[:512] or "flowtrail"
+    stream = log_stream or str(fields.get("run_id") or "flowtrail")
+    stream = stream.replace(":", "_").replace("*", "_")[:512] or "flowtrail"
+    return group, stream
+
+
+def cloudwatch_batches(
+    records: Sequence[Any], *, log_group: str | None = None, log_stream: str | None = None
+) -> list[LogEventBatch]:
+    """The ``PutLogEvents`` calls of a batch (see the module docstring)."""
+    streams: dict[tuple[str, str], list[tuple[int, int, str, Any]]] = {}
+    limit = CW_MAX_EVENT - CW_EVENT_OVERHEAD
+    for position, record in enumerate(records):
+        fields = record_fields(record)
+        names = cloudwatch_names(fields, log_group, log_stream)
+        message = fit_entry(fields, limit, _CW_CORE).decode("utf-8", "surrogatepass")
+        if len(message.encode("utf-8", "surrogatepass")) > limit:  # JSON escapes grew it
+            message = fit_entry({"message": message[: limit // 8]}, limit, ("message",)).decode()
+        streams.setdefault(names, []).append(
+            (time_ns(record) // 1_000_000, position, message, record)
+        )
+    batches: list[LogEventBatch] = []
+    for (group, stream), events in streams.items():
+        events.sort(key=lambda event: (event[0], event[1]))
+        current: list[tuple[int, int, str, Any]] = []
+        size = 0
+        for event in events:
+            cost = len(event[2].encode("utf-8", "surrogatepass")) + CW_EVENT_OVERHEAD
+            if current and (
+                len(current) >= CW_MAX_EVENTS
+                or size + cost > CW_MAX_BATCH
+                or event[0] - current[0][0] > CW_MAX_SPAN_MS
+            ):
+                batches.append(_cw_batch(group, stream, current))
+                current, size = [], 0
+            current.append(event)
+            size += cost
+        if current:
+            batches.append(_cw_batch(group, stream, current))
+    return batches
+
+
+def _cw_batch(group: str, stream: str, events: list[tuple[int, int, str, Any]]) -> LogEventBatch:
+    return LogEventBatch(
+        group,
+        stream,
+        tuple({"timestamp": ms, "message": message} for ms, _, message, _ in events),
+        tuple(record for *_, record in events),
+    )
+
+
 #: Format functions by service type (CloudWatch is not HTTP JSON: see the handler).
 FORMATS: dict[str, Callable[..., list[Request]]] = {
     "datadog": datadog_requests,
@@ -422,13 +505,19 @@ FORMATS: dict[str, Callable[..., list[Request]]] = {
 }
 
 __all__ = [
+    "CW_MAX_BATCH",
+    "CW_MAX_EVENT",
+    "CW_MAX_EVENTS",
     "DD_MAX_ENTRIES",
     "DD_MAX_ENTRY",
     "DD_MAX_PAYLOAD",
     "FORMATS",
     "LOKI_LABELS",
+    "LogEventBatch",
     "TRUNCATION_MARKER",
     "auth_headers",
+    "cloudwatch_batches",
+    "cloudwatch_names",
     "datadog_entry",
     "datadog_requests",
     "fit_entry",

@@ -1,4 +1,5 @@
-"""Log services over HTTP (seed 003): Datadog, Grafana Loki and any JSON endpoint.
+"""Log services over HTTP (seed 003): Datadog, Grafana Loki, any JSON endpoint, and
+CloudWatch Logs (through botocore, `flowtrail.cloudwatch`).
 
 A `RestAPIHandler` is a format (`flowtrail.formats.services`: a pure function from a
 batch to requests) plus the shared delivery (`flowtrail.delivery`). Records go through
@@ -29,8 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from flowtrail.cloudwatch import EXTRA_HINT, CloudWatchLogs, botocore_available, region_of
 from flowtrail.config import ConfigError, resolve_settings
-from flowtrail.delivery import Delivery, DeliveryError, Request
+from flowtrail.delivery import Delivery, DeliveryError
 from flowtrail.formats import services
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig
 from flowtrail.pipeline import PartialExport, Pipeline, all_pipelines
@@ -80,6 +82,12 @@ class RestAPIConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fi
     loki_fields: Literal["json", "logfmt", "metadata"] = "json"
     #: Loki tenant (``X-Scope-OrgID``).
     org_id: str | None = None
+    #: CloudWatch: region (default: from ``api_url`` or the AWS configuration), log
+    #: group (default: the workflow name) and stream (default: the run id), profile.
+    region: str | None = None
+    log_group: str | None = None
+    log_stream: str | None = None
+    aws_profile: str | None = None
 
 
 class RestAPIHandler(BaseHandler):
@@ -91,6 +99,7 @@ class RestAPIHandler(BaseHandler):
     secret_keys: ClassVar[frozenset[str]] = frozenset({"api_key", "password"})
     accepted: ClassVar[dict[str, str]] = {
         "service_type": "one of 'generic', 'datadog', 'grafana', 'cloudwatch'",
+        "region": "an AWS region name such as 'us-east-1'",
         "api_url": "an http:// or https:// URL",
         "headers": "a mapping of header names to strings",
         "auth": "one of 'bearer', 'basic', 'header', 'none'",
@@ -111,14 +120,17 @@ class RestAPIHandler(BaseHandler):
     def check_config(cls, config: Any) -> None:
         super().check_config(config)
         if config.service_type == "cloudwatch":
-            raise cls.option_error(
-                "service_type",
-                "cloudwatch",
-                "CloudWatch Logs is not available yet (it needs AWS SigV4 signing, not an "
-                "API key header)",
-            )
+            if not botocore_available():
+                raise cls.option_error("service_type", "cloudwatch", EXTRA_HINT)
+            if not region_of(config.api_url, config.region, config.aws_profile):
+                raise cls.option_error(
+                    "region",
+                    config.region,
+                    "no AWS region: give region=, a logs.<region>.amazonaws.com api_url, "
+                    "or set AWS_REGION",
+                )
         url = config.api_url
-        if not url and config.service_type != "datadog":
+        if not url and config.service_type not in ("datadog", "cloudwatch"):
             raise cls.option_error("api_url", url, "an endpoint URL is required")
         if url:
             parts = urlsplit(url)
@@ -133,6 +145,8 @@ class RestAPIHandler(BaseHandler):
         """The endpoint records are sent to (Datadog's from ``DD_SITE`` if not given)."""
         if self.config.api_url:
             return self.config.api_url
+        if self.config.service_type == "cloudwatch":
+            return f"https://logs.{self._region()}.amazonaws.com"
         site = os.environ.get("DD_SITE") or "datadoghq.com"
         return f"https://http-intake.logs.{site}/api/v2/logs"
 
@@ -144,8 +158,14 @@ class RestAPIHandler(BaseHandler):
             netloc = f"{netloc}:{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
+    def _region(self) -> str:
+        config = self.config
+        return region_of(config.api_url, config.region, config.aws_profile) or ""
+
     def destination(self) -> tuple[str, ...]:
-        return (self.type, self.config.service_type, self._public_url(), self.config.org_id or "")
+        config = self.config
+        stream = config.org_id or config.log_group or ""
+        return (self.type, config.service_type, self._public_url(), stream)
 
     def describe(self) -> str:
         return f"'restapi' ({self.config.service_type}) to {self._public_url()}"
@@ -166,9 +186,10 @@ class RestAPIHandler(BaseHandler):
         values.append(parts.password)
         return tuple(v for v in values if v)
 
-    def format_payload(self, records: Any) -> list[Request]:
+    def format_payload(self, records: Any) -> list[Any]:
         """The exact requests a batch becomes (a record, a dict of record fields, or a
-        sequence of them). Pure: nothing is sent."""
+        sequence of them): `Request` values, or for CloudWatch `LogEventBatch` values
+        (one ``PutLogEvents`` call each). Pure: nothing is sent."""
         if isinstance(records, (Metadata, Mapping)) or not isinstance(records, Sequence):
             records = [records]
         batch = [
@@ -177,6 +198,10 @@ class RestAPIHandler(BaseHandler):
         ]
         config = self.config
         kind = config.service_type
+        if kind == "cloudwatch":
+            return services.cloudwatch_batches(
+                batch, log_group=config.log_group, log_stream=config.log_stream
+            )
         gzip = config.gzip if config.gzip is not None else kind != "generic"
         auth = services.auth_headers(
             config.auth or _DEFAULT_AUTH.get(kind, "none"),
@@ -235,17 +260,38 @@ class RestAPIHandler(BaseHandler):
             )
         return delivery
 
+    @property
+    def cloudwatch(self) -> CloudWatchLogs:
+        """This handler's CloudWatch Logs sender (its client is made on first send)."""
+        sender = self.__dict__.get("_cloudwatch")
+        if sender is None:
+            config = self.config
+            sender = self.__dict__["_cloudwatch"] = CloudWatchLogs(
+                region=self._region(),
+                endpoint_url=config.api_url or None,
+                profile=config.aws_profile,
+                timeout=config.timeout,
+                connect_timeout=config.connect_timeout,
+            )
+        return sender
+
+    def _sender(self) -> Any:
+        if self.config.service_type == "cloudwatch":
+            return self.cloudwatch
+        return self.delivery
+
     def export(self, batch: Sequence[Any]) -> None:
         """Send the batch's requests in order. A retryable failure stops there (the
         rest is retried later); a refused request's records are reported as failed and
         the others still sent. Raises `PartialExport` when part was delivered."""
         requests = self.format_payload(list(batch))
-        delivery = self.delivery
+        sender = self._sender()
+        send = sender.put if isinstance(sender, CloudWatchLogs) else sender.send
         failed: list[Any] = []
         cause: DeliveryError | None = None
         for index, request in enumerate(requests):
             try:
-                delivery.send(request)
+                send(request)
             except DeliveryError as exc:
                 cause = exc
                 if exc.retryable:
@@ -267,14 +313,16 @@ class RestAPIHandler(BaseHandler):
         return isinstance(exc, OSError)
 
     def close_exporter(self) -> None:
-        delivery = self.__dict__.get("_delivery")
-        if delivery is not None:
-            delivery.close()
+        for name in ("_delivery", "_cloudwatch"):
+            sender = self.__dict__.get(name)
+            if sender is not None:
+                sender.close()
 
     def after_fork(self) -> None:
-        delivery = self.__dict__.get("_delivery")
-        if delivery is not None:
-            delivery.after_fork()
+        for name in ("_delivery", "_cloudwatch"):
+            sender = self.__dict__.get(name)
+            if sender is not None:
+                sender.after_fork()
 
     # ------------------------------------------------------------------ seed debugging forms
     def _pipelines(self) -> list[Pipeline]:
@@ -308,8 +356,8 @@ class RestAPIHandler(BaseHandler):
         for pipeline in self._pipelines():
             exporter = pipeline.exporter
             if isinstance(exporter, RestAPIHandler):
-                return exporter.delivery.client
-        return self.delivery.client
+                return exporter._sender().client
+        return self._sender().client
 
     def close(self) -> None:
         """Deliver what was handed in within ``close_timeout`` seconds (what is left is
