@@ -9,7 +9,9 @@ import gzip
 import json
 import logging
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 from collections import deque
@@ -44,8 +46,9 @@ class Receiver:
     ``reject`` is a message text that makes a request answer 400. Accepted requests'
     entries are kept in ``entries`` (one per record); format violations in ``errors``."""
 
-    def __init__(self, kind: str, port: int = 0) -> None:
+    def __init__(self, kind: str, port: int = 0, tls: tuple[str, str] | None = None) -> None:
         self.kind = kind
+        self.tls = tls
         self.plan: deque[Any] = deque()
         self.reject: str | None = None
         self.entries: list[dict[str, Any]] = []
@@ -65,7 +68,8 @@ class Receiver:
             "grafana": "/loki/api/v1/push",
             "generic": "/logs",
         }[self.kind]
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def start(self) -> None:
         receiver = self
@@ -82,6 +86,10 @@ class Receiver:
             do_PUT = do_POST
 
         self.server = _QuietServer(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -203,8 +211,8 @@ class Receiver:
 def receivers():
     made: list[Receiver] = []
 
-    def make(kind: str) -> Receiver:
-        receiver = Receiver(kind)
+    def make(kind: str, tls: tuple[str, str] | None = None) -> Receiver:
+        receiver = Receiver(kind, tls=tls)
         made.append(receiver)
         return receiver
 
@@ -659,3 +667,24 @@ def test_seed_restapi_trace_class_sync_and_async(receivers, tmp_path):
     assert trace.close()
     assert sorted(receiver.messages()) == ["async error", "async info", "sync info", "sync warning"]
     assert {e["parent_run_id"] for e in receiver.entries} == {"parent"}
+
+
+def test_tls_is_verified_by_default_and_ca_certs_trusts_a_private_ca(receivers, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    receiver = receivers("generic", tls=(str(cert), str(key)))
+    request = Request("POST", receiver.url, (("Content-Type", "application/json"),), b"[]")
+    with pytest.raises(DeliveryError) as info:
+        Delivery(timeout=5.0).send(request)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) or "certificate" in str(info.value)
+    assert Delivery(timeout=5.0, ca_certs=str(cert)).send(request).status == 200
+    assert Delivery(timeout=5.0, verify_certs=False).send(request).status == 200
+    handler = handler_for(receiver, tmp_path, ca_certs=str(cert))
+    trace, messages = log_records(handler, 10)
+    assert trace.flush(10)
+    assert sorted(receiver.messages()) == sorted(messages)
