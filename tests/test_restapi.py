@@ -688,3 +688,52 @@ def test_tls_is_verified_by_default_and_ca_certs_trusts_a_private_ca(receivers, 
     trace, messages = log_records(handler, 10)
     assert trace.flush(10)
     assert sorted(receiver.messages()) == sorted(messages)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_killed_process_leaves_its_records_to_the_next_one(receivers, tmp_path, signal_name):
+    """SIGTERM with the service hanging: the queued and in-flight records are spooled
+    within exit_timeout. SIGKILL: what was spooled before it (the service refused
+    connections) survives. Either way the next process delivers every record once."""
+    receiver = receivers("datadog")
+    spool = tmp_path / "spool"
+    if signal_name == "SIGTERM":
+        receiver.plan.extend(["hang"] * 20)
+    else:
+        receiver.stop()
+    child = f"""
+import os, signal, time
+from flowtrail import get_trace, make_handler
+h = make_handler({{"type": "restapi", "service_type": "datadog", "api_url": {receiver.url!r},
+    "api_key": {SECRET!r}, "spool_dir": {str(spool)!r}, "timeout": 30.0,
+    "retry_deadline": 0.5, "flush_interval": 0.05}})
+t = get_trace("killed", handlers=[h], exit_timeout=1.0)
+for i in range(1000):
+    t.info(f"record {{i}}")
+if {signal_name!r} == "SIGKILL":
+    assert t.flush(20)
+else:
+    time.sleep(0.3)  # a batch is in flight, the rest queued
+os.kill(os.getpid(), signal.{signal_name})
+time.sleep(30)
+"""
+    result = run_python(child, tmp_path, timeout=60)
+    assert result.returncode == (-15 if signal_name == "SIGTERM" else -9), result.stderr
+    assert receiver.entries == []
+    assert len(spooled_lines(spool)) == 1000
+    if signal_name == "SIGKILL":
+        receiver.start()
+    receiver.plan.clear()
+    receiver.release.set()
+    replay = f"""
+from flowtrail import get_trace, make_handler
+h = make_handler({{"type": "restapi", "service_type": "datadog", "api_url": {receiver.url!r},
+    "api_key": {SECRET!r}, "spool_dir": {str(spool)!r}}})
+t = get_trace("next", handlers=[h])
+t.info("next")
+assert t.flush(30)
+"""
+    result = run_python(replay, tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert receiver.errors == []
+    assert sorted(receiver.messages()) == sorted(["next", *(f"record {i}" for i in range(1000))])
