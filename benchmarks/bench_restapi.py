@@ -124,8 +124,8 @@ def run_case(case: str, n: int, port: int) -> dict[str, float]:
         for i in range(n):
             info(f"record number {i}")
         loop = time.perf_counter() - t0
-        assert trace.flush(600)
         start_wait = time.perf_counter()
+        assert trace.flush(600)
     else:
         import logging
 

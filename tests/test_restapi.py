@@ -737,3 +737,32 @@ assert t.flush(30)
     assert result.returncode == 0, result.stderr
     assert receiver.errors == []
     assert sorted(receiver.messages()) == sorted(["next", *(f"record {i}" for i in range(1000))])
+
+
+def test_outage_memory_stays_bounded_and_spilled_records_arrive_once(receivers, tmp_path):
+    """A long outage: the queue holds at most ``queue_size`` records; the rest spill to
+    the spool (memory stays bounded) and are all delivered, once, when the service is
+    back."""
+    receiver = receivers("generic")
+    handler = handler_for(receiver, tmp_path, queue_size=200, retry_deadline=0.2, max_retries=1)
+    trace = get_trace("long-outage", handlers=[handler])
+    (pipeline,) = trace.pipelines()
+    receiver.stop()
+    sent = [f"r{i}" for i in range(5000)]
+    most_waiting = 0
+    for i, message in enumerate(sent):
+        trace.info(message)
+        if i % 100 == 0:
+            most_waiting = max(most_waiting, pipeline.pending())
+    assert trace.flush(30)
+    assert most_waiting <= 200
+    assert pipeline.stats.spooled == 5000 and receiver.entries == []
+    receiver.start()
+    trace.info("back")
+    deadline = time.monotonic() + 30
+    while len(receiver.entries) < 5001 and time.monotonic() < deadline:
+        pipeline._next_replay = 0.0  # replay now rather than after replay_interval
+        trace.flush(5)
+        time.sleep(0.1)
+    got = receiver.messages()
+    assert len(got) == 5001 and sorted(got) == sorted([*sent, "back"])

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -89,7 +90,8 @@ def record_fields(record: Any) -> dict[str, Any]:
                 data.setdefault(key, record.attributes[key])
     else:
         data = msgspec.to_builtins(record)
-    return {key: value for key, value in data.items() if value not in (None, "", [], {})}
+    # Keeps False and 0; drops None, "", [] and {}.
+    return {key: value for key, value in data.items() if value or value is False or value == 0}
 
 
 def time_ns(record: Any) -> int:
@@ -201,6 +203,7 @@ def fit_entry(entry: dict[str, Any], limit: int, core: Iterable[str]) -> bytes:
 
 
 # ---------------------------------------------------------------------- Datadog
+@lru_cache(maxsize=1024)
 def _dd_id(value: str | None) -> str | None:
     """A W3C trace or span id as Datadog correlates it (the low 64 bits, in decimal);
     other ids as they are."""
