@@ -766,3 +766,18 @@ def test_outage_memory_stays_bounded_and_spilled_records_arrive_once(receivers, 
         time.sleep(0.1)
     got = receiver.messages()
     assert len(got) == 5001 and sorted(got) == sorted([*sent, "back"])
+
+
+def test_spans_travel_as_entries_with_their_ids(receivers, tmp_path):
+    receiver = receivers("datadog")
+    handler = handler_for(receiver, tmp_path)
+    trace = get_trace("span-run", handlers=[handler], extras={"workflow_name": "wf"})
+    with trace.span("stage", name="validate"):
+        trace.info("inside")
+    assert trace.flush(10)
+    assert receiver.errors == []
+    by_message = {e["message"]: e for e in receiver.entries}
+    inside = by_message["inside"]
+    (span,) = [e for m, e in by_message.items() if m.startswith("span stage 'validate' ok")]
+    assert span["span_name"] == "validate" and span["dd.span_id"] == inside["dd.span_id"]
+    assert span["dd.trace_id"] == inside["dd.trace_id"]
