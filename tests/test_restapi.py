@@ -781,3 +781,28 @@ def test_spans_travel_as_entries_with_their_ids(receivers, tmp_path):
     (span,) = [e for m, e in by_message.items() if m.startswith("span stage 'validate' ok")]
     assert span["span_name"] == "validate" and span["dd.span_id"] == inside["dd.span_id"]
     assert span["dd.trace_id"] == inside["dd.trace_id"]
+
+
+def test_a_forked_child_sends_on_its_own_connections(receivers, tmp_path):
+    receiver = receivers("generic")
+    code = f"""
+import os
+from flowtrail import get_trace, make_handler
+h = make_handler({{"type": "restapi", "service_type": "generic", "api_url": {receiver.url!r},
+    "spool_dir": {str(tmp_path / "spool")!r}, "flush_interval": 0.05}})
+t = get_trace("forked", handlers=[h])
+t.info("parent before")
+assert t.flush(10)
+pid = os.fork()
+if pid == 0:
+    t.info("child")
+    ok = t.flush(10)
+    os._exit(0 if ok else 3)
+t.info("parent after")
+assert t.flush(10)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0
+"""
+    result = run_python(code, tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(receiver.messages()) == ["child", "parent after", "parent before"]
