@@ -12,7 +12,9 @@ INTENDED = {
     "BaseHandler",
     "ConfigError",
     "ConsoleHandler",
+    "ConsoleTrace",
     "FileHandler",
+    "FileTrace",
     "FlowtrailLogHandler",
     "LiveSpan",
     "MemoryHandler",
@@ -22,11 +24,13 @@ INTENDED = {
     "RestAPITrace",
     "RunSummary",
     "SQLiteHandler",
+    "SQLiteTrace",
     "Settings",
     "Span",
     "SpanEvent",
     "Trace",
     "TraceData",
+    "TraceNotFound",
     "active_trace",
     "capture_traces",
     "flush_all",
@@ -64,6 +68,13 @@ def test_exported_names_are_the_real_objects() -> None:
     assert flowtrail.Metadata is Metadata
     assert flowtrail.Trace is Trace
     assert flowtrail.get_trace is get_trace
+    from flowtrail.fronts import ConsoleTrace, FileTrace, SQLiteTrace
+    from flowtrail.handlers.base import TraceNotFound
+
+    assert flowtrail.FileTrace is FileTrace and issubclass(FileTrace, Trace)
+    assert flowtrail.SQLiteTrace is SQLiteTrace and issubclass(SQLiteTrace, Trace)
+    assert flowtrail.ConsoleTrace is ConsoleTrace and issubclass(ConsoleTrace, Trace)
+    assert flowtrail.TraceNotFound is TraceNotFound and issubclass(TraceNotFound, LookupError)
 
 
 def test_version_is_a_string() -> None:

@@ -16,7 +16,15 @@ import msgspec
 import pytest
 
 from conftest import ROOT, run_python
-from flowtrail import FileHandler, Metadata, Trace, TraceData, get_trace, make_handler
+from flowtrail import (
+    FileHandler,
+    Metadata,
+    Trace,
+    TraceData,
+    TraceNotFound,
+    get_trace,
+    make_handler,
+)
 from store_cases import ALL, _stamp, dataset, search_cases
 
 BAD_RUN_IDS = ["../x", "a/b", "/etc/passwd", "/tmp/abs", "a\x00b", "..", ".", "a\\b", "", "..\\x"]
@@ -113,13 +121,14 @@ def test_seed_layout_stdout_stderr_metadata(tmp_path: Path) -> None:
         assert key in raw
 
 
-def test_no_stderr_file_without_errors_and_records_of_several_runs(tmp_path: Path) -> None:
+def test_empty_stderr_file_without_errors_and_records_of_several_runs(tmp_path: Path) -> None:
     handler = FileHandler(path=str(tmp_path / "t"))
     for run_id in ("one", "two"):
         get_trace(run_id, handlers=[handler]).info(f"hello {run_id}")
     assert get_trace("one", handlers=[handler]).flush()
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["run_id=one", "run_id=two"]
-    assert not (tmp_path / "t" / "run_id=one" / "stderr.txt").exists()
+    # Seed 000 lists stderr.txt in every run folder: present, and empty without errors.
+    assert (tmp_path / "t" / "run_id=one" / "stderr.txt").read_bytes() == b""
     assert handler.find_trace_with_id("two").meta[0].message == "hello two"
 
 
@@ -197,7 +206,7 @@ def test_find_traces_newest_first(tmp_path: Path) -> None:
 def test_find_trace_with_id(tmp_path: Path) -> None:
     handler = FileHandler(path=str(tmp_path / "t"))
     write_dataset(handler)
-    alpha = handler.find_trace_with_id("alpha")
+    alpha = handler.find_trace_with_id("alpha", include_children=False)
     assert [r.message for r in alpha.meta] == ALL[:4]
     assert alpha.run_id == "alpha"
     assert alpha.stdout.splitlines() == ALL[:3]
@@ -205,8 +214,11 @@ def test_find_trace_with_id(tmp_path: Path) -> None:
     with_children = handler.find_trace_with_id("alpha", include_children=True)
     assert [r.message for r in with_children.meta] == ALL[:6]
     assert "boom" in with_children.stderr
-    empty = handler.find_trace_with_id("never-ran")
+    assert handler.find_trace_with_id("alpha").meta == with_children.meta  # the default
+    empty = handler.find_trace_with_id("never-ran", force_raise=False)
     assert empty.meta == [] and empty.stdout == "" and empty.run_id is None
+    with pytest.raises(TraceNotFound, match="never-ran"):
+        handler.find_trace_with_id("never-ran")
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), SEARCH_CASES)
@@ -268,7 +280,8 @@ def test_readers_tolerate_a_torn_last_line(tmp_path: Path) -> None:
     whole = metadata.read_bytes().splitlines()[1]
     with metadata.open("ab") as out:
         out.write(whole[: len(whole) // 2])  # a writer killed in the middle of a line
-    assert [r.message for r in handler.find_trace_with_id("alpha").meta] == ALL[:4]
+    alpha = handler.find_trace_with_id("alpha", include_children=False)
+    assert [r.message for r in alpha.meta] == ALL[:4]
     assert [r.message for r in handler.search(run_id="alpha")] == ALL[:4]
     assert [r.message for r in handler.search("upload")] == ["Retrying upload", "Upload FAILED"]
     assert {r.run_id: r.records for r in handler.runs()}["alpha"] == 4
@@ -282,10 +295,12 @@ def test_torn_first_line_only(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "metadata.txt").write_bytes(b'{"run_id":"torn","level":"in')
     handler = FileHandler(path=str(tmp_path / "t"))
-    assert handler.find_trace_with_id("torn").meta == []
+    assert handler.find_trace_with_id("torn", force_raise=False).meta == []
+    with pytest.raises(TraceNotFound):
+        handler.find_trace_with_id("torn")
     assert handler.runs() == []
     assert handler.search() == []
-    assert handler.find_trace_with_id("other", include_children=True).meta == []
+    assert handler.find_trace_with_id("other", force_raise=False).meta == []
 
 
 def test_records_appended_after_a_torn_line_are_kept(tmp_path: Path) -> None:

@@ -257,6 +257,38 @@ def test_exit_timeout_is_kept_while_a_file_write_blocks(tmp_path: Path) -> None:
     assert sum(Spool(d).count() + _failed_count(d) for d in spool_dirs) == 300
 
 
+def test_exit_timeout_is_kept_while_a_write_never_returns(tmp_path: Path) -> None:
+    """A store call that hangs (a hung network mount): exit spools what is queued and the
+    batch stuck in the store's hands, and returns within the deadline."""
+    code = textwrap.dedent(
+        f"""
+        import threading
+        from flowtrail import Metadata
+        from flowtrail.pipeline import Pipeline, PipelineOptions, set_exit_timeout
+
+        class Hung:
+            def export(self, batch):
+                threading.Event().wait()  # never returns
+            def retryable(self, exc): return True
+            def sync(self): pass
+            def close_exporter(self): pass
+            def after_fork(self): pass
+
+        pipeline = Pipeline("hung", Hung(), PipelineOptions(
+            batch_size=100, flush_interval=0.05, spool_dir={str(tmp_path / "spool")!r}))
+        set_exit_timeout(2)
+        for i in range(300):
+            pipeline.submit(Metadata(run_id="r", message=f"m{{i}}"))
+        """
+    )
+    started = time.monotonic()
+    result = run_python(code, tmp_path, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 8, f"exit took {elapsed:.1f} s with exit_timeout=2"
+    assert Spool(tmp_path / "spool").count() == 300
+
+
 def _failed_count(directory: Path) -> int:
     return sum(
         1

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from flowtrail import ConfigError, Metadata, SQLiteHandler, TraceData, get_trace, make_handler
+from flowtrail import (
+    ConfigError,
+    Metadata,
+    SQLiteHandler,
+    TraceData,
+    TraceNotFound,
+    get_trace,
+    make_handler,
+)
 from store_cases import ALL, _stamp, dataset, search_cases
 
 #: The seed's CREATE TABLE: column name -> (declared type, NOT NULL).
@@ -239,7 +247,7 @@ def test_sql_injection_is_stored_verbatim(tmp_path: Path) -> None:
         assert {r.parent_run_id for r in trace_data.meta} == {"p') OR 1=1 --"}
         assert trace_data.meta[0].tags == ["t'x"]
         assert len(handler.search(run_id=run_id)) == 10
-    assert handler.find_trace_with_id("r' OR '1'='1").meta == []
+    assert handler.find_trace_with_id("r' OR '1'='1", force_raise=False).meta == []
     assert len(handler.search(workflow="w'; DROP TABLE traces; --")) == 40
     assert handler.search(workflow="w' OR '1'='1") == []
     assert {r.run_id for r in handler.runs()} == set(run_ids)
@@ -308,7 +316,7 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
 def test_find_trace_with_id(tmp_path: Path) -> None:
     handler = SQLiteHandler(path=str(tmp_path / "t.db"), format="{level}: {message}")
     write_dataset(handler)
-    alpha = handler.find_trace_with_id("alpha")
+    alpha = handler.find_trace_with_id("alpha", include_children=False)
     assert isinstance(alpha, TraceData)
     assert [r.message for r in alpha.meta] == ALL[:4]
     assert alpha.run_id == "alpha"
@@ -321,8 +329,12 @@ def test_find_trace_with_id(tmp_path: Path) -> None:
     with_children = handler.find_trace_with_id("alpha", include_children=True)
     assert [r.message for r in with_children.meta] == ALL[:6]
     assert "boom" in with_children.stderr
-    empty = handler.find_trace_with_id("never-ran")
+    assert handler.find_trace_with_id("alpha").meta == with_children.meta  # the default
+    empty = handler.find_trace_with_id("never-ran", force_raise=False)
     assert empty.meta == [] and empty.stdout == "" and empty.stderr == ""
+    with pytest.raises(TraceNotFound, match="never-ran") as raised:
+        handler.find_trace_with_id("never-ran")
+    assert raised.value.run_id == "never-ran" and "t.db" in raised.value.store
 
 
 def test_find_traces_newest_first(tmp_path: Path) -> None:
@@ -340,7 +352,9 @@ def test_readers_of_a_missing_database(tmp_path: Path) -> None:
     assert handler.runs() == []
     assert handler.search() == []
     assert list(handler.find_traces()) == []
-    assert handler.find_trace_with_id("x").meta == []
+    assert handler.find_trace_with_id("x", force_raise=False).meta == []
+    with pytest.raises(LookupError, match="nothing.db"):
+        handler.find_trace_with_id("x")
     assert not db.exists()  # reading does not create a database
 
 

@@ -2,6 +2,7 @@
 its stages) to the terminal, files, SQLite and log services, and read them back."""
 
 from flowtrail.config import ConfigError, Settings
+from flowtrail.fronts import ConsoleTrace, FileTrace, SQLiteTrace
 from flowtrail.handlers import (
     BaseHandler,
     ConsoleHandler,
@@ -11,6 +12,7 @@ from flowtrail.handlers import (
     SQLiteHandler,
     make_handler,
 )
+from flowtrail.handlers.base import TraceNotFound
 from flowtrail.pipeline import flush_all
 from flowtrail.records import LEVELS, Message, Metadata, RunSummary, Span, SpanEvent, TraceData
 from flowtrail.spans import LiveSpan
@@ -25,7 +27,9 @@ __all__ = [
     "BaseHandler",
     "ConfigError",
     "ConsoleHandler",
+    "ConsoleTrace",
     "FileHandler",
+    "FileTrace",
     "FlowtrailLogHandler",
     "LiveSpan",
     "MemoryHandler",
@@ -35,11 +39,13 @@ __all__ = [
     "Metadata",
     "RunSummary",
     "SQLiteHandler",
+    "SQLiteTrace",
     "Settings",
     "Span",
     "SpanEvent",
     "Trace",
     "TraceData",
+    "TraceNotFound",
     "active_trace",
     "capture_traces",
     "flush_all",

@@ -343,7 +343,9 @@ def _load_run(store: Any, run_id: str, children: bool) -> Any:
         data = store.find_trace_with_id(run_id, include_children=children, text=False)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    if not data.meta and not data.spans:
+    except LookupError:  # TraceNotFound
+        data = None
+    if data is None or (not data.meta and not data.spans):
         raise click.ClickException(f"no records of run {run_id!r} in {_where()}")
     return data
 
@@ -572,7 +574,7 @@ def tail(
     last_new = time.monotonic()
     try:
         while True:
-            data = store.find_trace_with_id(run_id)
+            data = store.find_trace_with_id(run_id, force_raise=False, include_children=False)
             fresh = data.meta[seen_logs:]
             ended = data.spans[seen_spans:]
             seen_logs, seen_spans = len(data.meta), len(data.spans)

@@ -630,6 +630,11 @@ class Pipeline:
         """Records waiting in the queue."""
         return sum(1 for item in self._queue if not isinstance(item, _Marker))
 
+    def queued(self) -> list[Any]:
+        """A copy of the records waiting in the queue, oldest first (the queue itself is
+        never handed out: ``deque.copy`` is one C call, safe while others append)."""
+        return [item for item in self._queue.copy() if not isinstance(item, _Marker)]
+
     # ------------------------------------------------------------------ worker side
     def _run(self) -> None:
         try:

@@ -3,19 +3,30 @@ Schema it follows, for other tools to import."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
 from flowtrail.metrics import aggregate, metrics_dict
-from flowtrail.records import TraceData
+from flowtrail.records import Metadata, Span, TraceData
 
 SCHEMA_ID = "https://flowtrail.dev/schema/run-1.json"
 
 
-def run_document(data: TraceData, *, run_id: str | None = None) -> dict[str, Any]:
-    """A plain-data document of one run."""
-    spans = sorted(data.spans, key=lambda s: (s.start_ns, s.end_ns))
+def run_document(
+    data: TraceData,
+    *,
+    run_id: str | None = None,
+    spans: Sequence[Span] | None = None,
+    logs: Sequence[Metadata] | None = None,
+) -> dict[str, Any]:
+    """A plain-data document of one run. ``spans`` and ``logs``: the ones to put in it
+    (default: all of the run's); the status and metrics are always the whole run's."""
+    by_start = attrgetter("start_ns", "end_ns")
+    shown = None if spans is None else sorted(spans, key=by_start)
+    spans = sorted(data.spans, key=by_start)
     records = data.meta
     run_id = run_id or (records[0].run_id if records else spans[0].run_id if spans else None)
     trace_id = spans[0].trace_id if spans else (records[0].trace_id if records else None)
@@ -23,13 +34,12 @@ def run_document(data: TraceData, *, run_id: str | None = None) -> dict[str, Any
         (s.workflow_name for s in spans if s.workflow_name), None
     )
     span_docs = []
-    for span in spans:
+    for span in spans if shown is None else shown:
         doc = msgspec.to_builtins(span)
         doc["operation"] = f"{span.kind}.{span.name}"
         span_docs.append(doc)
-    failed = any(
-        s.status == "error" for s in spans if s.parent_span_id not in {x.span_id for x in spans}
-    )
+    ids = {x.span_id for x in spans}
+    failed = any(s.status == "error" for s in spans if s.parent_span_id not in ids)
     return {
         "$schema": SCHEMA_ID,
         "run_id": run_id,
@@ -37,7 +47,7 @@ def run_document(data: TraceData, *, run_id: str | None = None) -> dict[str, Any
         "workflow_name": workflow,
         "status": "error" if failed else "ok",
         "spans": span_docs,
-        "logs": msgspec.to_builtins(records),
+        "logs": msgspec.to_builtins(records if logs is None else logs),
         "metrics": metrics_dict(aggregate(spans)) if spans else None,
     }
 

@@ -14,7 +14,8 @@ ERROR_MARK = "✗"
 
 
 def duration_text(ms: float) -> str:
-    """``45.2ms`` below a second, ``2.35s`` above."""
+    """``45.2ms`` below a second, ``2.35s`` above. timeline.js's ``durationText`` gives
+    the same text for every number (tests compare the two)."""
     return f"{ms:.1f}ms" if ms < 1000 else f"{ms / 1000:.2f}s"
 
 

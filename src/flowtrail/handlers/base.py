@@ -359,25 +359,36 @@ class BaseHandler(logging.Handler):
         """Wait until records handed to this handler's pipelines (its own, and those of
         traces using an equal handler) are written. Starts no pipeline: a handler that
         never wrote has nothing to wait for."""
-        if self.synchronous or "config" not in self.__dict__:
-            return True
-        pipelines: list[Pipeline] = []
-        if self._direct_pipeline is not None:
-            pipelines.append(self._direct_pipeline)
-        else:
-            settings = self._direct_settings or resolve_settings(extras=self.extras)
-            config = self.bound(settings).config
-            pipelines = [
-                pipeline
-                for pipeline in all_pipelines()
-                if type(pipeline.exporter) is type(self) and pipeline.exporter.config == config
-            ]
+        pipelines = self._own_pipelines()
         deadline = None if timeout is None else time.monotonic() + timeout
         ok = True
         for pipeline in pipelines:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ok = pipeline.flush(left) and ok
         return ok
+
+    def _own_pipelines(self) -> list[Pipeline]:
+        """The pipelines records handed to this handler go through: its own (stdlib
+        form), else those of traces using an equal handler. Starts none."""
+        if self.synchronous or "config" not in self.__dict__:
+            return []
+        if self._direct_pipeline is not None:
+            return [self._direct_pipeline]
+        settings = self._direct_settings or resolve_settings(extras=self.extras)
+        config = self.bound(settings).config
+        return [
+            pipeline
+            for pipeline in all_pipelines()
+            if type(pipeline.exporter) is type(self) and pipeline.exporter.config == config
+        ]
+
+    @property
+    def log_buffer(self) -> list[Metadata | Any]:
+        """What waits in this handler's queue to be written (seeds 002/003 "Check buffer
+        status": ``len(handler.log_buffer)``): a snapshot list of the pending records and
+        spans, oldest first. Changing the list changes nothing; a handler written on the
+        caller's thread (console, memory) never has anything waiting."""
+        return [item for pipeline in self._own_pipelines() for item in pipeline.queued()]
 
     def close(self) -> None:
         """Flush this handler's pipeline, then release it as a stdlib handler (stdlib
@@ -390,18 +401,47 @@ class BaseHandler(logging.Handler):
             logging.Handler.close(self)
 
 
+class TraceNotFound(LookupError):
+    """`find_trace_with_id` of a run id the store holds nothing of (no record, no span,
+    no child run). ``run_id`` and ``store`` say which run and where it was looked for."""
+
+    def __init__(self, run_id: str, store: str) -> None:
+        super().__init__(
+            f"no run {run_id!r} in store {store} (no records, spans or child runs with that run id)"
+        )
+        self.run_id = run_id
+        self.store = store
+
+
 class StoreReader:
     """The reading side of storing handlers (file, SQLite)."""
+
+    def found(self, run_id: str, data: TraceData, force_raise: bool) -> TraceData:
+        """``data`` read for ``run_id``, or `TraceNotFound` when it is empty and
+        ``force_raise``."""
+        if force_raise and not (data.meta or data.spans or data.stdout or data.stderr):
+            describe = getattr(self, "describe", None)
+            raise TraceNotFound(run_id, describe() if describe else type(self).__name__)
+        return data
 
     def find_traces(self) -> Iterator[TraceData]:
         """Every run in the store, newest first."""
         raise NotImplementedError
 
     def find_trace_with_id(
-        self, run_id: str, *, include_children: bool = False, text: bool = True
+        self,
+        run_id: str,
+        force_raise: bool = True,
+        *,
+        include_children: bool = True,
+        text: bool = True,
     ) -> TraceData:
-        """One run's records and spans (and its child runs' with ``include_children``);
-        ``text=False`` skips rebuilding the stdout/stderr text where it is derived."""
+        """One run's records and spans, with those of its child runs (runs whose
+        ``parent_run_id`` is ``run_id``: a workflow is found by its parent id) unless
+        ``include_children=False``. A run id the store holds nothing of raises
+        `TraceNotFound` (a `LookupError`), or with ``force_raise=False`` gives an empty
+        `TraceData`. ``text=False`` skips rebuilding the stdout/stderr text where it is
+        derived."""
         raise NotImplementedError
 
     def search(

@@ -269,6 +269,12 @@ class FileHandler(BaseHandler, StoreReader):
             payloads.append(("metadata.txt", encode_lines(logs)))
         if spans:
             payloads.append(("spans.txt", encode_lines(spans)))
+        seen = self.__dict__.setdefault("_runs_seen", set())
+        if run_id not in seen:
+            # A run folder holds stdout.txt, stderr.txt and metadata.txt from its first
+            # write (seed 000), even while they are empty.
+            written = {name for name, _ in payloads}
+            payloads += [(name, b"") for name in _FILES[:3] if name not in written]
         # Every file is opened before any is written: a refused one (`RefusedFile`)
         # leaves the run untouched rather than half written.
         fds = self._descriptors()
@@ -277,7 +283,15 @@ class FileHandler(BaseHandler, StoreReader):
             if (run_id, name) not in fds:
                 # Opened (maybe created) now: its folder entry is synced at the next flush.
                 self.__dict__.setdefault("_new_files", set()).add(run_id)
-            writes.append((self._fd(run_id, name), data))
+            fd = self._fd(run_id, name)
+            if data:  # an empty payload only creates its file
+                writes.append((fd, data))
+        # The files exist once opened: noted before the write, so that nothing runs
+        # between a write that succeeded and the return (a signal handler's exception
+        # there would make the batch look unwritten and be written twice).
+        if len(seen) > 100_000:
+            seen.clear()
+        seen.add(run_id)
         self._write_all(writes)
 
     def retryable(self, exc: BaseException) -> bool:
@@ -374,19 +388,26 @@ class FileHandler(BaseHandler, StoreReader):
             yield self._trace_of(folder)
 
     def find_trace_with_id(
-        self, run_id: str, *, include_children: bool = False, text: bool = True
+        self,
+        run_id: str,
+        force_raise: bool = True,
+        *,
+        include_children: bool = True,
+        text: bool = True,
     ) -> TraceData:
         self._flush_own()
         data = self._trace_of(self.run_dir(run_id))
         if include_children:
-            for child in self._child_folders(run_id):
+            children = self._child_folders(run_id)
+            for child in children:
                 extra = self._trace_of(child)
                 data.stdout += extra.stdout
                 data.stderr += extra.stderr
                 data.meta.extend(extra.meta)
                 data.spans.extend(extra.spans)
-            sort_by_time(data.meta)
-        return data
+            if children:
+                sort_by_time(data.meta)
+        return self.found(run_id, data, force_raise)
 
     def _child_folders(self, run_id: str) -> list[Path]:
         children = []

@@ -422,7 +422,12 @@ class SQLiteHandler(BaseHandler, StoreReader):
         )
 
     def find_trace_with_id(
-        self, run_id: str, *, include_children: bool = False, text: bool = True
+        self,
+        run_id: str,
+        force_raise: bool = True,
+        *,
+        include_children: bool = True,
+        text: bool = True,
     ) -> TraceData:
         params: tuple[str, ...]
         if include_children:
@@ -431,7 +436,8 @@ class SQLiteHandler(BaseHandler, StoreReader):
         else:
             where, params = "run_id = ?", (run_id,)
             meta = self._select(where, params)
-        return self._trace_data(meta, self._select_spans(where, params), text)
+        data = self._trace_data(meta, self._select_spans(where, params), text)
+        return self.found(run_id, data, force_raise)
 
     def _select_spans(self, where: str, params: Sequence[Any]) -> list[Span]:
         conn = self._reader()
@@ -468,7 +474,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
 
     def find_traces(self) -> Iterator[TraceData]:
         for summary in self.runs():
-            yield self.find_trace_with_id(summary.run_id)
+            yield self.find_trace_with_id(summary.run_id, include_children=False)
 
     def search(
         self,
