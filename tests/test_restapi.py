@@ -651,8 +651,8 @@ def test_seed_restapi_trace_class_sync_and_async(receivers, tmp_path):
 
     receiver = receivers("generic")
     trace = RestAPITrace(
-        urlparse(receiver.url),
-        "rest-trace-1",
+        url=urlparse(receiver.url),
+        run_id="rest-trace-1",
         parent_run_id="parent",
         extras={"service_type": "generic", "spool_dir": str(tmp_path / "spool")},
     )

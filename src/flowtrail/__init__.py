@@ -2,7 +2,7 @@
 its stages) to the terminal, files, SQLite and log services, and read them back."""
 
 from flowtrail.config import ConfigError, Settings
-from flowtrail.fronts import ConsoleTrace, FileTrace, SQLiteTrace
+from flowtrail.fronts import ConsoleTrace, FileTrace, RestAPITrace, SQLiteTrace
 from flowtrail.handlers import (
     BaseHandler,
     ConsoleHandler,
@@ -18,7 +18,7 @@ from flowtrail.records import LEVELS, Message, Metadata, RunSummary, Span, SpanE
 from flowtrail.spans import LiveSpan
 from flowtrail.stdlib import FlowtrailLogHandler
 from flowtrail.testing import capture_traces
-from flowtrail.trace import RestAPITrace, Trace, active_trace, get_trace, shutdown
+from flowtrail.trace import Trace, active_trace, get_trace, shutdown
 
 __version__ = "0.1.0"
 

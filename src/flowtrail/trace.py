@@ -778,24 +778,4 @@ def shutdown(timeout: float | None = 30.0) -> bool:
     return close_all(timeout)
 
 
-class RestAPITrace(Trace):
-    """Seed 003's trace class: a `Trace` whose handler is a ``restapi`` handler set up
-    from ``extras`` (``service_type``, ``api_key``, ...). ``url`` (a string or a
-    `urllib.parse.ParseResult`) is the endpoint unless ``extras`` give ``api_url``."""
-
-    def __init__(
-        self,
-        url: Any = None,
-        run_id: str | None = None,
-        parent_run_id: str | None = None,
-        extras: Mapping[str, Any] | None = None,
-        **settings: Any,
-    ) -> None:
-        options = dict(extras or {})
-        options["trace_type"] = "restapi"
-        if url and not options.get("api_url"):
-            options["api_url"] = url.geturl() if hasattr(url, "geturl") else str(url)
-        super().__init__(run_id, parent_run_id, extras=options, **settings)
-
-
-__all__ = ["RestAPITrace", "Trace", "active_trace", "default_handlers", "get_trace", "shutdown"]
+__all__ = ["Trace", "active_trace", "default_handlers", "get_trace", "shutdown"]

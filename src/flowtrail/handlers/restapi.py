@@ -12,10 +12,11 @@ later one fails, only its records are retried (`PartialExport`). A service's ref
 4xx) is reported once with its error body (secrets redacted); the pipeline isolates the
 records it refuses and keeps them as ``.failed`` spool files.
 
-Seed debugging forms: ``handler.log_buffer`` (records waiting), ``handler.session`` (the
-HTTP client, None once closed), ``handler.flush()`` (True once everything handed in so
-far was delivered or spooled) and ``handler.format_payload(records)`` (the exact
-requests a batch becomes; ``_format_for_service`` is the seed's name).
+Seed debugging forms: ``handler.log_buffer`` (records waiting, see `BaseHandler`),
+``handler.session`` (the HTTP client, None once closed), ``handler.flush()`` (True once
+everything handed in so far was delivered or spooled) and
+``handler.format_payload(records)`` (the exact requests a batch becomes;
+``_format_for_service`` is the seed's name).
 """
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from flowtrail.cloudwatch import EXTRA_HINT, CloudWatchLogs, botocore_available, region_of
-from flowtrail.config import ConfigError, resolve_settings
 from flowtrail.delivery import Delivery, DeliveryError
 from flowtrail.formats import services
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig
-from flowtrail.pipeline import PartialExport, Pipeline, all_pipelines
+from flowtrail.pipeline import PartialExport
 from flowtrail.records import Metadata
 
 #: Service types and the auth scheme each uses by default.
@@ -325,35 +325,12 @@ class RestAPIHandler(BaseHandler):
                 sender.after_fork()
 
     # ------------------------------------------------------------------ seed debugging forms
-    def _pipelines(self) -> list[Pipeline]:
-        direct = self.__dict__.get("_direct_pipeline")
-        if direct is not None:
-            return [direct]
-        try:
-            settings = self._direct_settings or resolve_settings(extras=self.extras)
-            config = self.bound(settings).config
-        except ConfigError:
-            return []
-        return [
-            pipeline
-            for pipeline in all_pipelines()
-            if type(pipeline.exporter) is type(self) and pipeline.exporter.config == config
-        ]
-
-    @property
-    def log_buffer(self) -> list[Any]:
-        """The records handed to this handler and not yet sent (a snapshot)."""
-        waiting: list[Any] = []
-        for pipeline in self._pipelines():
-            waiting.extend(item for item in list(pipeline._queue) if hasattr(item, "run_id"))
-        return waiting
-
     @property
     def session(self) -> Any:
         """The HTTP client (an `httpx.Client`); None once the handler is closed."""
         if self.__dict__.get("_closed"):
             return None
-        for pipeline in self._pipelines():
+        for pipeline in self._own_pipelines():
             exporter = pipeline.exporter
             if isinstance(exporter, RestAPIHandler):
                 return exporter._sender().client
@@ -366,7 +343,7 @@ class RestAPIHandler(BaseHandler):
             deadline = time.monotonic() + self.config.close_timeout
             # Its pipelines (shared with traces using an equal handler) start again on
             # the next record.
-            for pipeline in self._pipelines():
+            for pipeline in self._own_pipelines():
                 pipeline.close(max(0.0, deadline - time.monotonic()))
             self.close_exporter()
             self.__dict__["_closed"] = True
