@@ -20,6 +20,8 @@ INTENDED = {
     "MemoryHandler",
     "Message",
     "Metadata",
+    "RestAPIHandler",
+    "RestAPITrace",
     "RunSummary",
     "SQLiteHandler",
     "SQLiteTrace",

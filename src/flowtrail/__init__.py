@@ -2,12 +2,13 @@
 its stages) to the terminal, files, SQLite and log services, and read them back."""
 
 from flowtrail.config import ConfigError, Settings
-from flowtrail.fronts import ConsoleTrace, FileTrace, SQLiteTrace
+from flowtrail.fronts import ConsoleTrace, FileTrace, RestAPITrace, SQLiteTrace
 from flowtrail.handlers import (
     BaseHandler,
     ConsoleHandler,
     FileHandler,
     MemoryHandler,
+    RestAPIHandler,
     SQLiteHandler,
     make_handler,
 )
@@ -34,6 +35,8 @@ __all__ = [
     "MemoryHandler",
     "Message",
     "Metadata",
+    "RestAPIHandler",
+    "RestAPITrace",
     "RunSummary",
     "SQLiteHandler",
     "SQLiteTrace",

@@ -1,10 +1,13 @@
 """The seeds' front classes (migration guides of seeds 002/003): ``FileTrace``,
 ``SQLiteTrace`` and ``ConsoleTrace`` taking a store URL, each a `Trace` with the matching
-handler (and the console). Their arguments are keywords, as in the seeds::
+handler (and the console), and ``RestAPITrace`` sending to a log service. Their arguments
+are keywords, as in the seeds::
 
     trace = FileTrace(url="file://./logs", run_id="workflow-123", extras={})
     trace = SQLiteTrace(url="sqlite://./logs/traces.db", run_id="workflow-123")
     trace = ConsoleTrace(run_id="workflow-123", extras={})
+    trace = RestAPITrace(url="https://api.example.com/logs", run_id="workflow-123",
+                         extras={"service_type": "generic", "api_key": "..."})
 
 ``file://DIR`` (or ``file:DIR``, or a plain path) puts run folders under ``DIR``;
 ``sqlite://PATH`` follows SQLAlchemy for three slashes (``sqlite:///rel.db`` is relative,
@@ -209,4 +212,25 @@ class ConsoleTrace(Trace):
         super().__init__(run_id, parent_run_id, handlers=handlers, extras=extras, **settings)
 
 
-__all__ = ["ConsoleTrace", "FileTrace", "SQLiteTrace"]
+class RestAPITrace(Trace):
+    """A `Trace` sending to a log service (seed 003): its handler is a `RestAPIHandler`
+    set up from ``extras`` (``service_type``, ``api_key``, ... as with ``trace_type``
+    ``"restapi"``); ``url`` is the endpoint unless ``extras`` give ``api_url``."""
+
+    def __init__(
+        self,
+        *,
+        url: str | ParseResult | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        extras: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        options = dict(extras or {})
+        options["trace_type"] = "restapi"
+        if url is not None and not options.get("api_url"):
+            options["api_url"] = _url_text(url)
+        super().__init__(run_id, parent_run_id, extras=options, **settings)
+
+
+__all__ = ["ConsoleTrace", "FileTrace", "RestAPITrace", "SQLiteTrace"]

@@ -756,6 +756,10 @@ class Pipeline:
             retry = attempt <= options.max_retries
             delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
             delay *= 0.5 + random.random()
+            # A service that says when to come back (HTTP Retry-After) is waited for.
+            asked = getattr(_cause(exc), "retry_after", None)
+            if isinstance(asked, (int, float)) and asked > delay:
+                delay = float(asked)
             if not retry or time.monotonic() + delay > deadline or self._stop.is_set():
                 self.stats.failed_batches += 1
                 self._spool_batch(batch, exc)

@@ -13,6 +13,7 @@ from flowtrail.handlers.base import BaseHandler, check_run_id
 from flowtrail.handlers.console import ConsoleHandler
 from flowtrail.handlers.file import FileHandler
 from flowtrail.handlers.memory import MemoryHandler
+from flowtrail.handlers.restapi import RestAPIHandler
 from flowtrail.handlers.sqlite import SQLiteHandler
 
 #: ``type`` names and the handler classes (``module:Class`` for lazily imported ones).
@@ -21,6 +22,7 @@ HANDLER_TYPES: dict[str, Any] = {
     "file": FileHandler,
     "sqlite": SQLiteHandler,
     "memory": MemoryHandler,
+    "restapi": RestAPIHandler,
 }
 
 
@@ -79,6 +81,7 @@ __all__ = [
     "FileHandler",
     "HANDLER_TYPES",
     "MemoryHandler",
+    "RestAPIHandler",
     "SQLiteHandler",
     "check_run_id",
     "handler_class",
