@@ -45,6 +45,24 @@ def test_a_retry_is_the_same_kind_name_and_parent_started_later() -> None:
     assert run_status([], [job, first, other, earlier]).status == "error"
 
 
+def test_a_stage_of_a_loop_that_runs_again_later_is_no_retry() -> None:
+    """A loop over items runs stages named a, b, a, b: the second ``a`` is the next
+    item, not a retry of the first (another stage ran between them)."""
+    job = span("j", None, "job", 0, kind="job")
+    loop = [
+        span("a1", "j", "a", 1, "error"),
+        span("b1", "j", "b", 2),
+        span("a2", "j", "a", 3),
+        span("b2", "j", "b", 4),
+    ]
+    assert run_status([], [job, *loop]).status == "error"
+    # Attempts right after each other, however many fail first, are retries.
+    attempts = [span("x1", "j", "a", 1, "error"), span("x2", "j", "a", 2, "error")]
+    attempts.append(span("x3", "j", "a", 3))
+    state = run_status([], [job, *attempts])
+    assert (state.status, state.retried) == ("ok", 2)
+
+
 def test_one_exception_through_nested_spans_is_one_failure() -> None:
     spans = [
         span("w", None, "wf", 0, "error", kind="workflow"),

@@ -2,9 +2,10 @@
 JSON document, the HTML report, ``stats`` and the stores' ``runs()``).
 
 - ``error``: the run has an error or exception record, or a span that ended in error and
-  was not followed by a successful retry (a later span of the same kind and name under the
-  same parent that ended ``ok``). A failed attempt that was retried leaves the run ``ok``
-  and counts in ``retried``; so do the error records written inside it.
+  was not followed by a successful retry (the next spans under the same parent, with no
+  other span between, of the same kind and name, one of which ended ``ok``). A failed
+  attempt that was retried leaves the run ``ok`` and counts in ``retried``; so do the
+  error records written inside it.
 - ``interrupted``: a span started and never ended and its writer is gone (killed, crashed),
   or the process recorded that a signal stopped it (`flowtrail.lifecycle.INTERRUPTED`).
 - ``running``: a span started and has not ended and its writer is alive (same host: its
@@ -157,17 +158,26 @@ def run_status(
     retried: set[str] = set()
     errors = [span for span in spans if span.status == ERROR and interrupted_by(span) is None]
     if errors:
-        keys = {(span.kind, span.name, span.parent_span_id) for span in errors}
-        latest_ok: dict[tuple[str, str, str | None], int] = {}
+        # A retry is the next span under the same parent, of the same kind and name: a
+        # failed attempt is retried when the attempts right after it (no other span
+        # between) include one that ended ok. A loop that runs a stage of the same name
+        # again later, after other stages, is not a retry.
+        parents = {span.parent_span_id for span in errors}
+        siblings: dict[str | None, list[Any]] = {}
         for span in spans:
-            if span.status == OK:
-                key = (span.kind, span.name, span.parent_span_id)
-                if key in keys and span.start_ns > latest_ok.get(key, -1):
-                    latest_ok[key] = span.start_ns
-        for span in errors:
-            last = latest_ok.get((span.kind, span.name, span.parent_span_id))
-            if last is not None and span.start_ns < last:
-                retried.add(span.span_id)
+            if span.parent_span_id in parents:
+                siblings.setdefault(span.parent_span_id, []).append(span)
+        for group in siblings.values():
+            group.sort(key=lambda span: span.start_ns)
+            for index, span in enumerate(group):
+                if span.status != ERROR or interrupted_by(span) is not None:
+                    continue
+                for later in group[index + 1 :]:
+                    if (later.kind, later.name) != (span.kind, span.name):
+                        break
+                    if later.status == OK:
+                        retried.add(span.span_id)
+                        break
 
     def chain(span_id: str | None) -> Iterable[str]:
         seen = 0
