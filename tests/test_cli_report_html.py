@@ -20,6 +20,7 @@ import pytest
 import flowtrail
 from conftest import ROOT, run_python
 from flowtrail.formats.tree import duration_text
+from large_run import peak_rss_argv, peak_rss_mb
 from test_html_report import chromium
 
 
@@ -387,8 +388,19 @@ def test_report_of_a_million_records_stays_small_and_opens_on_the_failure(
     tmp_path: Path,
 ) -> None:
     write_large_run(tmp_path, records=1_000_000, spans=100_000)
-    out = cli("report", "big-run", "-o", "big.html", "--store", "traces", cwd=tmp_path)
+    rss_file = tmp_path / "peak-rss"
+    argv = peak_rss_argv(
+        [sys.executable, "-m", "flowtrail", "report", "big-run", "-o", "big.html"]
+        + ["--store", "traces"],
+        rss_file,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTRAIL_")}
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
     assert "100001 spans, 1000000 records" in out.stdout
+    # Records are streamed from the store; only the spans and the embedded records are held.
+    assert peak_rss_mb(rss_file) < 600
     page = tmp_path / "big.html"
     size = page.stat().st_size
     assert size < 16 * 1024 * 1024, f"the report of 1M records is {size:,} bytes"

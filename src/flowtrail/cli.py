@@ -552,16 +552,34 @@ def report(run_id: str, output: str | None, store_url: str | None, children: boo
     from pathlib import Path
 
     from flowtrail.formats.html import render_html
+    from flowtrail.records import TraceData
+    from flowtrail.status import run_status, split_open
 
     console = Console(stderr=True)
     store = _store(store_url)
     run_id = _run_id(store, run_id)
     with console.status("reading the run…") if console.is_terminal else _nothing():
-        data = _load_run(store, run_id, children)
-        page = render_html(data, run_id=run_id)
+        # Spans in memory, records streamed: the page keeps only the ones it embeds.
+        try:
+            spans, open_spans = split_open(
+                store.run_spans(run_id, include_children=children, all_events=True)
+            )
+            counts = store.record_counts(run_id, include_children=children)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if not spans and not open_spans and not counts.records:
+            raise click.ClickException(f"no records of run {run_id!r} in {_where()}")
+        state = run_status(
+            store.iter_records(run_id, include_children=children, level="error"),
+            spans,
+            open_spans,
+        )
+        data = TraceData(spans=spans, open_spans=open_spans)
+        records = store.iter_records(run_id, include_children=children)
+        page = render_html(data, run_id=run_id, records=records, state=state)
     target = Path(output or f"{run_id}.html")
     target.write_text(page, encoding="utf-8")
-    click.echo(f"Wrote {target} ({len(data.spans)} spans, {len(data.meta)} records).")
+    click.echo(f"Wrote {target} ({len(spans)} spans, {counts.records} records).")
 
 
 class _nothing:

@@ -59,15 +59,18 @@ def run_document(
     run_id: str | None = None,
     spans: Sequence[Span] | None = None,
     logs: Sequence[Metadata] | None = None,
+    state: RunStatus | None = None,
 ) -> dict[str, Any]:
     """A plain-data document of one run. ``spans`` and ``logs``: the ones to put in it
-    (default: all of the run's); the status and metrics are always the whole run's."""
+    (default: all of the run's); the status and metrics are always the whole run's
+    (``state``: its status, if already known)."""
     by_start = attrgetter("start_ns", "end_ns")
     every = sorted(data.spans, key=by_start)
     shown = every if spans is None else sorted(spans, key=by_start)
-    state = run_status(data.meta, every, data.open_spans)
+    if state is None:
+        state = run_status(data.meta, every, data.open_spans)
     return {
-        **_head(every, data.meta, run_id, state),
+        **_head(every, data.meta or list(logs or ())[:1], run_id, state),
         "spans": [_span_doc(span) for span in shown],
         "logs": msgspec.to_builtins(data.meta if logs is None else logs),
         "metrics": metrics_dict(aggregate(every)) if every else None,

@@ -27,6 +27,7 @@ import msgspec
 
 from flowtrail.formats.document import run_document
 from flowtrail.records import ERROR_LEVELS, Metadata, Span, TraceData
+from flowtrail.status import RunStatus
 
 #: Spans drawn at most.
 MAX_SPANS = 2000
@@ -147,14 +148,25 @@ def _compact(log: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in log.items() if v is not None and v != "" and v != [] and v != {}}
 
 
-def report_document(data: TraceData, *, run_id: str | None = None) -> dict[str, Any]:
+def report_document(
+    data: TraceData,
+    *,
+    run_id: str | None = None,
+    records: Iterable[Metadata] | None = None,
+    state: RunStatus | None = None,
+) -> dict[str, Any]:
     """What the page embeds: `run_document` with the spans and records chosen for the
-    page, and a ``view`` of what to open on and what was left out."""
+    page, and a ``view`` of what to open on and what was left out. ``records`` (default
+    ``data.meta``) are read once, so a store's streamed reader keeps a run of any size
+    out of memory; ``state`` is then the run's status (`flowtrail.status.run_status`)."""
     spans = _chosen_spans(data.spans, MAX_SPANS)
     drawn = {s.span_id for s in spans}
     failed = {s.span_id for s in spans if s.status == "error"}
-    records, counts, total = _chosen_records(data.meta, drawn, failed)
-    document = run_document(data, run_id=run_id, spans=spans, logs=records)
+    chosen, counts, total = _chosen_records(
+        data.meta if records is None else records, drawn, failed
+    )
+    records = chosen
+    document = run_document(data, run_id=run_id, spans=spans, logs=records, state=state)
     document["logs"] = [_compact(log) for log in document["logs"]]
     metrics = document["metrics"]
     name_total = len(metrics["by_name"]) if metrics else 0
@@ -199,11 +211,18 @@ def _cap_note(document: dict[str, Any]) -> str:
     )
 
 
-def render_html(data: TraceData, *, run_id: str | None = None) -> str:
-    """A self-contained HTML page with the timeline of one run."""
+def render_html(
+    data: TraceData,
+    *,
+    run_id: str | None = None,
+    records: Iterable[Metadata] | None = None,
+    state: RunStatus | None = None,
+) -> str:
+    """A self-contained HTML page with the timeline of one run (``records`` and
+    ``state``: see `report_document`)."""
     from flowtrail.formats.tree import duration_text
 
-    document = report_document(data, run_id=run_id)
+    document = report_document(data, run_id=run_id, records=records, state=state)
     payload = msgspec.json.encode(document).decode()
     # Keep the JSON inside its script element whatever the messages contain: "<" only
     # occurs inside JSON strings, where the escape \u003c is valid JSON ("<\!--" is not).
