@@ -22,6 +22,7 @@ queues and new locks, and starts its own worker on first use.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal.getsignal without its enum
 import atexit
 import os
 import random
@@ -206,16 +207,20 @@ class _Waker:
 BENIGN_HANDLERS: set[Any] = {signal.default_int_handler}
 
 
+#: The signal numbers, and the C function reading a handler without making an enum of it
+#: (this runs before each batch a caller writes).
+_SIGNALS = tuple(int(number) for number in signal.valid_signals())
+_getsignal = _signal.getsignal
+
+
 def raising_handlers_installed() -> bool:
     """Whether a Python signal handler that may raise is installed. A caller's thread
     with one does not write batches itself: an exception raised between a write and the
     note that it was done would make the batch look unwritten (and written twice). The
     worker thread never runs signal handlers."""
-    for number in signal.valid_signals():
-        try:
-            handler = signal.getsignal(number)
-        except (OSError, ValueError):
-            continue
+    # No try here: a TimeoutError a signal handler raises in this loop is the caller's.
+    for number in _SIGNALS:
+        handler = _getsignal(number)
         if callable(handler) and handler not in BENIGN_HANDLERS:
             return True
     return False
@@ -223,11 +228,8 @@ def raising_handlers_installed() -> bool:
 
 def _signal_handler_codes() -> set[Any]:
     codes = set()
-    for number in signal.valid_signals():
-        try:
-            handler = signal.getsignal(number)
-        except (OSError, ValueError):
-            continue
+    for number in _SIGNALS:
+        handler = _getsignal(number)
         code = getattr(getattr(handler, "__func__", handler), "__code__", None)
         if code is not None:
             codes.add(code)
@@ -433,7 +435,10 @@ class Pipeline:
         try:
             self.spool.append(record)
             self.stats.spooled += 1
-        except Exception as exc:  # the disk itself failed: nothing left but to count
+        except Exception as exc:
+            if not is_store_failure(exc):
+                raise  # a signal handler's exception: the caller's, not the disk's
+            # The disk itself failed: nothing left but to count.
             self.stats.dropped += 1
             report_once(self.name, exc, 1, "the record could not be spooled either", outcome="lost")
         self._wake.set()
@@ -504,7 +509,8 @@ class Pipeline:
             raise cause from exc
         self._inflight = None
         self.stats.exported += len(batch)
-        self._uncount_bytes(batch)
+        if self._queued_bytes:  # only big messages are counted: most batches have none
+            self._uncount_bytes(batch)
         return True
 
     def _take(self, limit: int) -> list[Any]:
@@ -681,7 +687,7 @@ class Pipeline:
         self._recover_inflight()
         batch = self._take(limit)
         if batch:
-            size = _big_bytes(batch)
+            size = _big_bytes(batch) if self._queued_bytes else 0
             for part in self._by_size(batch):
                 self._export(part)
                 del batch[: len(part)]  # what is left in flight (spooled at exit)
