@@ -17,11 +17,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import threading
 from typing import Any
 
 from flowtrail.config import mask_text
-from flowtrail.delivery import DeliveryError
+from flowtrail.delivery import DeliveryError, ProcessClient
 from flowtrail.formats.services import LogEventBatch
 
 #: What to install when botocore is missing.
@@ -65,7 +64,7 @@ def region_of(endpoint_url: str | None, region: str | None, profile: str | None)
         return None
 
 
-class CloudWatchLogs:
+class CloudWatchLogs(ProcessClient):
     """Sends `LogEventBatch` values; see the module docstring."""
 
     def __init__(
@@ -82,31 +81,14 @@ class CloudWatchLogs:
         self.profile = profile
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._client: Any = None
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
         self._ready: set[tuple[str, str]] = set()
-        self.closed = False
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"CloudWatchLogs(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
 
-    @property
-    def client(self) -> Any:
-        """The botocore ``logs`` client, made on first use (and again after fork)."""
-        if self._client is None or self._pid != os.getpid():
-            with self._lock:
-                if self._client is None or self._pid != os.getpid():
-                    self._client = self._make_client()
-                    self._pid = os.getpid()
-                    self._ready = set()
-                    self.closed = False
-        return self._client
-
-    @property
-    def session(self) -> Any:
-        """The client if one is open (None before first use or once closed)."""
-        return None if self.closed or self._pid != os.getpid() else self._client
+    def _forget(self) -> None:
+        self._ready = set()  # groups and streams made through another client
 
     def _make_client(self) -> Any:
         try:
@@ -169,23 +151,6 @@ class CloudWatchLogs:
                 if _code(exc) != "ResourceAlreadyExistsException":
                     raise
         self._ready.add((group, stream))
-
-    def close(self) -> None:
-        """Close the client's connections."""
-        client, self._client = self._client, None
-        self.closed = True
-        if client is not None and self._pid == os.getpid():
-            try:
-                client.close()
-            except Exception:
-                pass
-
-    def after_fork(self) -> None:
-        """Forget the parent's client."""
-        self._client = None
-        self._lock = threading.Lock()
-        self._ready = set()
-        self._pid = os.getpid()
 
 
 def _code(exc: BaseException) -> str:

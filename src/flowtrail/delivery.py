@@ -128,7 +128,61 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return mask_text(text)
 
 
-class Delivery:
+class ProcessClient:
+    """A network client made on first use, made anew in a forked child (never used across
+    fork), and closed without touching a parent's sockets. Subclasses make it
+    (`_make_client`) and may forget more after fork (`_forget`)."""
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def _make_client(self) -> Any:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        """What else a new client starts without (called with the lock held)."""
+
+    @property
+    def client(self) -> Any:
+        """The client, made on first use (and again in a forked child)."""
+        client = self._client
+        if client is None or self._pid != os.getpid():
+            with self._lock:
+                client = self._client
+                if client is None or self._pid != os.getpid():
+                    client = self._client = self._make_client()
+                    self._pid = os.getpid()
+                    self._forget()
+                    self.closed = False
+        return client
+
+    @property
+    def session(self) -> Any:
+        """The client if one is open (None before first use or once closed)."""
+        return None if self.closed or self._pid != os.getpid() else self._client
+
+    def close(self) -> None:
+        """Close the client's connections (a later use opens new ones)."""
+        client, self._client = self._client, None
+        self.closed = True
+        if client is not None and self._pid == os.getpid():
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    def after_fork(self) -> None:
+        """Forget the parent's client without closing its sockets."""
+        self._client = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._forget()
+
+
+class Delivery(ProcessClient):
     """Sends `Request` values over one pooled HTTP client; see the module docstring."""
 
     def __init__(
@@ -147,10 +201,7 @@ class Delivery:
         self.ca_certs = ca_certs
         self.max_connections = max_connections
         self._secrets = tuple(s for s in secrets if s)
-        self._client: Any = None
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self.closed = False
+        super().__init__()
 
     def __repr__(self) -> str:
         return (
@@ -158,25 +209,8 @@ class Delivery:
             f"ca_certs={self.ca_certs!r})"
         )
 
-    @property
-    def client(self) -> Any:
-        """The `httpx.Client`, made on first use (and again in a forked child)."""
-        client = self._client
-        if client is None or self._pid != os.getpid():
-            with self._lock:
-                client = self._client
-                if client is None or self._pid != os.getpid():
-                    client = self._client = self._make_client()
-                    self._pid = os.getpid()
-                    self.closed = False
-        return client
-
-    @property
-    def session(self) -> Any:
-        """The client if one is open (None before first use or once closed)."""
-        return None if self.closed or self._pid != os.getpid() else self._client
-
     def _make_client(self) -> Any:
+        """The `httpx.Client`."""
         import httpx
 
         verify: Any = self.verify_certs
@@ -228,22 +262,6 @@ class Delivery:
 
     def _where(self, request: Request) -> str:
         return redact(request.url.split("?", 1)[0], self._secrets)
-
-    def close(self) -> None:
-        """Close the client's connections (a later send opens new ones)."""
-        client, self._client = self._client, None
-        self.closed = True
-        if client is not None and self._pid == os.getpid():
-            try:
-                client.close()
-            except Exception:
-                pass
-
-    def after_fork(self) -> None:
-        """Forget the parent's client without closing its sockets."""
-        self._client = None
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
 
 
 __all__ = [
