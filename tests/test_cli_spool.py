@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 from conftest import ROOT, run_python
-
 from flowtrail.handlers import SQLiteHandler
 
 
@@ -37,7 +36,7 @@ def _listing(spool: Path, cwd: Path) -> list[dict[str, str]]:
     if lines == [f"nothing waits in {spool}"]:
         return []
     header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    return [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
 
 
 def _spool_records(code_handler: str, count: int, tmp_path: Path) -> None:
