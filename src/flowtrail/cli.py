@@ -684,7 +684,7 @@ def stats(
     if console.is_terminal:
         table = Table(*headers)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*row[:4], row[4].replace("T", " ")[:19], *row[5:])
         console.print(table)
     else:
         click.echo("\t".join(headers))
@@ -815,6 +815,16 @@ def _epoch_text(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
+def _size(count: int) -> str:
+    """A byte count for people: ``512 B``, ``3.4 KiB`` ..."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
 @main.command()
 @click.option("--spool-dir", default=None, help=_SPOOL_HELP)
 def spool(spool_dir: str | None) -> None:
@@ -842,9 +852,14 @@ def spool(spool_dir: str | None) -> None:
         for s in found
     ]
     if console.is_terminal:
-        table = Table(*headers, title=f"Waiting in {root}")
-        for row in rows:
-            table.add_row(*row)
+        # The type starts the folder name; the time takes two lines: room for the name.
+        table = Table(title=f"Waiting in {root}")
+        table.add_column("destination", overflow="fold")
+        for header in ("records", "bytes", "oldest (UTC)", "failed", "failed\nrecords"):
+            table.add_column(header, justify="right", no_wrap=header != "oldest (UTC)")
+        for name, _, records, size, oldest, failed, failed_records in rows:
+            when = oldest.replace("T", " ")[:19].replace(" ", "\n")
+            table.add_row(name, records, _size(int(size)), when, failed, failed_records)
         console.print(table)
         return
     click.echo("\t".join(h.replace(" (UTC)", "").replace(" ", "_") for h in headers))
