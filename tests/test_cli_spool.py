@@ -13,10 +13,14 @@ from pathlib import Path
 
 from conftest import ROOT, run_python
 from flowtrail.handlers import SQLiteHandler
+from test_restapi import SECRET, Receiver
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWTRAIL_")}
+def _cli(
+    *args: str, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWTRAIL_", "DD_"))}
+    env.update(extra_env or {})
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, "-m", "flowtrail", *args],
@@ -142,3 +146,42 @@ def test_spool_with_nothing_waiting(tmp_path: Path) -> None:
     result = _cli("spool", "--spool-dir", str(spool), cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout == f"nothing waits in {spool}\n"
+
+
+def test_replay_rebuilds_a_restapi_handler_without_its_key_in_the_spool(tmp_path: Path) -> None:
+    receiver = Receiver("datadog")
+    receiver.stop()  # the service is down: the records spool
+    spool = tmp_path / "logs" / "spool"
+    try:
+        handler = (
+            f'make_handler({{"type": "restapi", "service_type": "datadog", '
+            f'"api_url": {receiver.url!r}, "api_key": {SECRET!r}, "retry_deadline": 0.5}})'
+        )
+        code = textwrap.dedent(
+            f"""
+            from flowtrail import get_trace, make_handler
+            trace = get_trace("remote", handlers=[{handler}], exit_timeout=2,
+                              log_dir={str(spool.parent)!r})
+            for i in range(400):
+                trace.info(f"m{{i}}")
+            """
+        )
+        result = run_python(code, tmp_path)
+        assert result.returncode == 0, result.stderr
+        rows = _listing(spool, tmp_path)
+        assert [(r["type"], r["records"]) for r in rows] == [("restapi", "400")]
+        for path in spool.rglob("*"):
+            if path.is_file():
+                assert SECRET not in path.read_text(), path
+        receiver.start()
+        done = _cli(
+            "replay", "--spool-dir", str(spool), cwd=tmp_path, extra_env={"DD_API_KEY": SECRET}
+        )
+        assert done.returncode == 0, done.stderr
+        assert "400 records re-sent, 0 still waiting" in done.stdout
+        assert receiver.errors == []  # the format checks, DD-API-KEY among them
+        assert {headers["dd-api-key"] for _, headers, _ in receiver.requests} == {SECRET}
+        assert sorted(receiver.messages()) == sorted(f"m{i}" for i in range(400))
+        assert _listing(spool, tmp_path) == []
+    finally:
+        receiver.stop()
