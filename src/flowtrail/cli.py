@@ -902,10 +902,15 @@ def replay(destination: str | None, spool_dir: str | None, dead_letters: bool) -
         hint = f" ({aside} records set aside: replay --dead-letters)" if aside else ""
         click.echo(f"nothing waits in {root}{hint}")
         return
+    from flowtrail.trace import default_handlers
+
     try:
         settings = resolve_settings()
     except ConfigError as exc:
         raise _BadInput(str(exc)) from None
+    configured = settings.trace_handlers
+    if configured is None:
+        configured = tuple(default_handlers(settings))
     sent = still = aside = 0
     problems: list[str] = []
     console = _console()
@@ -913,7 +918,7 @@ def replay(destination: str | None, spool_dir: str | None, dead_letters: bool) -
         for folder, count in todo:
             task = bar.add_task(folder.name, total=count)
             try:
-                handler = handler_for(folder, settings)
+                handler = handler_for(folder, settings, configured)
             except ConfigError as exc:
                 still += count
                 problems.append(f"{folder.name}: {exc}")

@@ -13,7 +13,7 @@ handler, with the pipeline's own retry, isolation and set-aside rules.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,15 +118,14 @@ def revive_dead_letters(folder: Path) -> int:
     return moved
 
 
-def handler_for(folder: Path, settings: Settings) -> Any:
-    """The handler records of ``folder`` go to: a configured handler whose spool folder
-    has this name, else one built from ``destination.json``. `ConfigError` if neither."""
+def handler_for(folder: Path, settings: Settings, configured: Iterable[Any] = ()) -> Any:
+    """The handler records of ``folder`` go to: one of the ``configured`` handlers (objects
+    or dicts) whose spool folder has this name, else one built from ``destination.json``.
+    `ConfigError` if neither."""
     from flowtrail.handlers import handler_class, make_handler
     from flowtrail.handlers.base import PipelineConfig
-    from flowtrail.trace import default_handlers
 
-    specs = settings.trace_handlers
-    for spec in default_handlers(settings) if specs is None else specs:
+    for spec in configured:
         try:
             handler = make_handler(spec).bound(settings)
         except ConfigError:
