@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, run_python
 from flowtrail.handlers import SQLiteHandler
 from test_restapi import SECRET, Receiver
@@ -148,7 +150,12 @@ def test_spool_with_nothing_waiting(tmp_path: Path) -> None:
     assert result.stdout == f"nothing waits in {spool}\n"
 
 
-def test_replay_rebuilds_a_restapi_handler_without_its_key_in_the_spool(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key_from", ["environment", "config file"])
+def test_replay_rebuilds_a_restapi_handler_without_its_key_in_the_spool(
+    tmp_path: Path, key_from: str
+) -> None:
+    """The key comes from DD_API_KEY (the handler is rebuilt from destination.json), or
+    from the configured handler whose spool folder it is."""
     receiver = Receiver("datadog")
     receiver.stop()  # the service is down: the records spool
     spool = tmp_path / "logs" / "spool"
@@ -174,9 +181,15 @@ def test_replay_rebuilds_a_restapi_handler_without_its_key_in_the_spool(tmp_path
             if path.is_file():
                 assert SECRET not in path.read_text(), path
         receiver.start()
-        done = _cli(
-            "replay", "--spool-dir", str(spool), cwd=tmp_path, extra_env={"DD_API_KEY": SECRET}
-        )
+        extra_env = {"DD_API_KEY": SECRET}
+        if key_from == "config file":
+            extra_env = {}
+            (tmp_path / "flowtrail.toml").write_text(
+                f'log_dir = "{spool.parent}"\n\n[[trace_handlers]]\ntype = "restapi"\n'
+                f'service_type = "datadog"\napi_url = "{receiver.url}"\n'
+                f'api_key = "{SECRET}"\nretry_deadline = 0.5\n'
+            )
+        done = _cli("replay", cwd=tmp_path, extra_env=extra_env)
         assert done.returncode == 0, done.stderr
         assert "400 records re-sent, 0 still waiting" in done.stdout
         assert receiver.errors == []  # the format checks, DD-API-KEY among them
