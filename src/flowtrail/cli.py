@@ -2,7 +2,9 @@
 
 ``flowtrail demo`` runs a built-in workflow; ``runs`` lists runs; ``show [RUN_ID]``
 prints one run as a tree; ``search TEXT`` finds records; ``stats`` aggregates spans;
-``tail`` follows a run; ``report`` writes an HTML timeline. Every reading command takes
+``tail`` follows a run; ``report`` writes an HTML timeline; ``spool`` lists the records
+waiting in the spool per destination and ``replay [DESTINATION]`` re-sends them
+(`flowtrail.replay`). Every reading command takes
 ``--store URL`` (``sqlite:///path.db``, ``file://dir``, or a path); the default is
 ``FLOWTRAIL_STORE``, else the configured store, else ``<log_dir>/flowtrail.db``. A run id
 may be given by any unique prefix (`flowtrail.runids`); time filters take the forms of
@@ -20,7 +22,9 @@ from __future__ import annotations
 import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,7 +32,7 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from flowtrail.config import ConfigError
+from flowtrail.config import ConfigError, mask_text
 from flowtrail.records import RunSummary
 
 _LEVEL_STYLE = {
@@ -680,7 +684,7 @@ def stats(
     if console.is_terminal:
         table = Table(*headers)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*row[:4], row[4].replace("T", " ")[:19], *row[5:])
         console.print(table)
     else:
         click.echo("\t".join(headers))
@@ -789,6 +793,149 @@ def search(
                 f"[bold]{r.run_id}[/] {_short_time(r.datetime)} {r.level.upper():<9} ", end=""
             )
             console.print(r.message, markup=False, style=_LEVEL_STYLE.get(r.level) or None)
+
+
+_SPOOL_HELP = "The spool folder (default: the configured log_dir's spool folder)."
+
+
+def _spool_root(spool_dir: str | None) -> Path:
+    from flowtrail.config import resolve_settings
+
+    if spool_dir is not None:
+        return Path(spool_dir)
+    try:
+        return Path(resolve_settings().log_dir) / "spool"
+    except ConfigError as exc:
+        raise _BadInput(str(exc)) from None
+
+
+def _epoch_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _size(count: int) -> str:
+    """A byte count for people: ``512 B``, ``3.4 KiB`` ..."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+@main.command()
+@click.option("--spool-dir", default=None, help=_SPOOL_HELP)
+def spool(spool_dir: str | None) -> None:
+    """List what waits in the spool, per destination: records, bytes, the oldest file,
+    and the dead letters (.failed files, never replayed without replay --dead-letters)."""
+    from flowtrail.replay import waiting
+
+    root = _spool_root(spool_dir)
+    found = waiting(root)
+    if not found:
+        click.echo(f"nothing waits in {root}")
+        return
+    console = _console()
+    headers = ("destination", "type", "records", "bytes", "oldest (UTC)", "failed", "failed recs")
+    rows = [
+        (
+            s.folder.name,
+            s.type,
+            str(s.records),
+            str(s.bytes),
+            _epoch_text(s.oldest),
+            str(s.failed_files),
+            str(s.failed_records),
+        )
+        for s in found
+    ]
+    if console.is_terminal:
+        # The type starts the folder name; the time takes two lines: room for the name.
+        table = Table(title=f"Waiting in {root}")
+        table.add_column("destination", overflow="fold")
+        for header in ("records", "bytes", "oldest (UTC)", "failed", "failed\nrecords"):
+            table.add_column(header, justify="right", no_wrap=header != "oldest (UTC)")
+        for name, _, records, size, oldest, failed, failed_records in rows:
+            when = oldest.replace("T", " ")[:19].replace(" ", "\n")
+            table.add_row(name, records, _size(int(size)), when, failed, failed_records)
+        console.print(table)
+        return
+    click.echo("\t".join(h.replace(" (UTC)", "").replace(" ", "_") for h in headers))
+    for row in rows:
+        click.echo("\t".join(row))
+
+
+@main.command()
+@click.argument("destination", required=False)
+@click.option("--spool-dir", default=None, help=_SPOOL_HELP)
+@click.option(
+    "--dead-letters",
+    is_flag=True,
+    help="First move the .failed files back so they are tried again (after the "
+    "configuration was fixed).",
+)
+def replay(destination: str | None, spool_dir: str | None, dead_letters: bool) -> None:
+    """Re-send what waits in the spool (every destination, or the folder DESTINATION
+    names: its name or a unique start of it). Exit code 1 if records still wait."""
+    from rich.progress import Progress
+
+    from flowtrail.config import resolve_settings
+    from flowtrail.replay import folders, handler_for, replay_folder, revive_dead_letters, summarize
+
+    root = _spool_root(spool_dir)
+    chosen = folders(root)
+    if destination is not None:
+        exact = [f for f in chosen if f.name == destination]
+        chosen = exact or [f for f in chosen if f.name.startswith(destination)]
+        if len(chosen) != 1:
+            names = ", ".join(f.name for f in chosen) or "none"
+            raise _BadInput(f"{destination!r} names {len(chosen)} spool folders in {root}: {names}")
+    if dead_letters:
+        for folder in chosen:
+            revive_dead_letters(folder)
+    todo = [(f, summarize(f).records) for f in chosen]
+    todo = [(f, n) for f, n in todo if n]
+    if not todo:
+        aside = sum(summarize(f).failed_records for f in chosen)
+        hint = f" ({aside} records set aside: replay --dead-letters)" if aside else ""
+        click.echo(f"nothing waits in {root}{hint}")
+        return
+    from flowtrail.trace import default_handlers
+
+    try:
+        settings = resolve_settings()
+    except ConfigError as exc:
+        raise _BadInput(str(exc)) from None
+    configured = settings.trace_handlers
+    if configured is None:
+        configured = tuple(default_handlers(settings))
+    sent = still = aside = 0
+    problems: list[str] = []
+    console = _console()
+    with Progress(console=console, disable=not console.is_terminal, transient=True) as bar:
+        for folder, count in todo:
+            task = bar.add_task(folder.name, total=count)
+            try:
+                handler = handler_for(folder, settings, configured)
+            except ConfigError as exc:
+                still += count
+                problems.append(f"{folder.name}: {exc}")
+                continue
+            result = replay_folder(folder, handler, partial(bar.advance, task))
+            sent, still, aside = (
+                sent + result.sent,
+                still + result.waiting,
+                aside + result.set_aside,
+            )
+            if result.last_error:
+                problems.append(f"{folder.name}: {mask_text(result.last_error)}")
+    for problem in problems:
+        click.echo(problem, err=True)
+    click.echo(f"{sent} records re-sent, {still} still waiting, {aside} set aside")
+    if still:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

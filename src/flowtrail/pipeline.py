@@ -101,6 +101,8 @@ class PipelineOptions:
     #: Spool folders of older versions for the same destination: their files are moved
     #: into ``spool_dir`` and replayed.
     legacy_spool_dirs: tuple[str, ...] = ()
+    #: Written as the spool folder's ``destination.json`` when it is first used.
+    spool_manifest: bytes | None = None
 
 
 @dataclass
@@ -307,7 +309,7 @@ class Pipeline:
         self.options = options
         self.strict = strict
         self.stats = PipelineStats()
-        self.spool = Spool(options.spool_dir)
+        self.spool = Spool(options.spool_dir, options.spool_manifest)
         # Read on every submit: plain attributes, and a strict pipeline's limit of 0
         # sends every record down the slow path.
         self._limit = 0 if strict else options.queue_size

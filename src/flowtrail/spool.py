@@ -19,6 +19,11 @@ person to look at (never replayed, never deleted). Spool files are created ``060
 may hold secrets) in a ``0700`` folder; a finished file is ``fsync``ed, and so is the
 folder after it is renamed into place.
 
+Each folder also holds ``destination.json`` (`MANIFEST`), written when a pipeline first
+spools there: the handler type and its options without secrets, from which
+``flowtrail replay`` rebuilds the handler (secrets come from the environment or the
+configuration then).
+
 Limits: a process killed between writing records to the store and recording that in the
 spool file (deleting it, or blanking the written lines) replays those records again.
 """
@@ -33,6 +38,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines, sanitized
+
+#: The file naming a spool folder's destination (see the module docstring).
+MANIFEST = "destination.json"
 
 #: Record kinds a spool file can hold, and how to decode one line of each.
 DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata, "span": decode_span}
@@ -119,8 +127,10 @@ def sync_directory(directory: Path) -> None:
 class Spool:
     """One handler's spool directory."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], manifest: bytes | None = None) -> None:
         self.directory = Path(directory)
+        #: The `MANIFEST` to write when this spool first writes a file (no secrets).
+        self.manifest = manifest
         # Re-entrant, and appends are one os.write: a signal handler that logs may
         # interrupt this thread in the middle of an append.
         self._lock = threading.RLock()
@@ -130,6 +140,12 @@ class Spool:
 
     def _new_path(self, kind: str, suffix: str) -> Path:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.manifest is not None:
+            manifest, self.manifest = self.manifest, None
+            try:
+                self._write_file(self.directory / MANIFEST, manifest, f".{os.getpid()}.tmp")
+            except OSError:
+                pass  # only `flowtrail replay` needs it, and it says so
         name = f"{os.getpid()}-{time.time_ns()}-{os.urandom(3).hex()}.{kind}.jsonl{suffix}"
         return self.directory / name
 

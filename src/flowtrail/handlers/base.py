@@ -20,6 +20,7 @@ from flowtrail.config import (
     Settings,
     describe_validation_error,
     is_secret_key,
+    mask_secrets,
     resolve_settings,
     shown,
     unknown_key_error,
@@ -42,6 +43,13 @@ def _slug(name: str) -> str:
     """The last part of a path or URL, as characters safe in a folder name."""
     tail = name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
     return re.sub(r"[^A-Za-z0-9._]+", "_", tail).strip("._")[:40]
+
+
+def _holds_secret(value: Any) -> bool:
+    """Whether a string (in a list) shows a secret `mask_secrets` would hide."""
+    if isinstance(value, list):
+        return any(_holds_secret(item) for item in value)
+    return isinstance(value, str) and mask_secrets(value) != value
 
 
 class HandlerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -244,6 +252,7 @@ class BaseHandler(logging.Handler):
                 max_retries=config.max_retries,
                 retry_deadline=config.retry_deadline,
                 legacy_spool_dirs=(f"{spool_root}/{self.legacy_spool_name()}",),
+                spool_manifest=self.spool_manifest(),
             )
             return self.describe(), exporter, options
 
@@ -269,6 +278,23 @@ class BaseHandler(logging.Handler):
         ).hexdigest()[:12]
         label = "-".join(filter(None, (_slug(name) for name in names)))[:60]
         return f"{kind}-{label}-{digest}" if label else f"{kind}-{digest}"
+
+    def spool_manifest(self) -> bytes:
+        """The spool folder's ``destination.json``: the type and the options without
+        secrets (secret keys at any depth, and values that hold a secret such as a URL's
+        password, are left out), from which ``flowtrail replay`` rebuilds this handler."""
+
+        def public(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {
+                    key: public(item)
+                    for key, item in value.items()
+                    if not self.is_secret(key) and not _holds_secret(item)
+                }
+            return value
+
+        options = public(msgspec.to_builtins(self.config))
+        return msgspec.json.encode({"type": self.type, "options": options})
 
     def legacy_spool_name(self) -> str:
         """The spool folder name of versions that keyed the spool by every option; its
