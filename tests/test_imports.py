@@ -165,3 +165,19 @@ def test_nothing_below_the_front_imports_it() -> None:
     lower = [name for name in graph if name not in front and name != "flowtrail.__main__"]
     wrong = {name: sorted(graph[name] & front) for name in lower if graph[name] & front}
     assert wrong == {}
+
+
+def test_no_submodule_takes_names_from_the_package() -> None:
+    """``from flowtrail import pipeline`` in a submodule runs the package's
+    ``__init__`` (which imports the front) from below it: write ``import
+    flowtrail.pipeline as pipeline`` or ``from flowtrail.pipeline import ...``."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "src" / "flowtrail").rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py") and path.parent.name == "flowtrail":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == PACKAGE and not node.level:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

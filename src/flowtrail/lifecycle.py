@@ -61,7 +61,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
 
-from flowtrail import pipeline
+import flowtrail.pipeline as pipeline
 
 #: The key that marks a record or span as cut short by a signal; its value is the
 #: signal's name (``"SIGTERM"``). A span's attribute and a stopped-run record's metadata
