@@ -625,18 +625,31 @@ class Trace:
         last = exc.__traceback__
         while last is not None and last.tb_next is not None:
             last = last.tb_next
+        record = self._record_at(
+            "exception",
+            f"{live.kind} {live.name} failed: {type(exc).__qualname__}: {exc}",
+            last.tb_frame if last is not None else None,
+            last.tb_lineno if last is not None else 0,
+        )
+        return self._with_exception(_in_span(record, live), exc)
+
+    def _record_at(
+        self, level: str, message: str, frame: FrameType | None, lineno: int, **fields: Any
+    ) -> Metadata:
+        """A record written now for a place other than the caller's (where an exception
+        was raised, where a signal landed); off the hot path."""
         now = self._clock.now()
-        record = _replace(
-            self._templates["exception"],
-            message=f"{live.kind} {live.name} failed: {type(exc).__qualname__}: {exc}",
+        return _replace(
+            self._templates[level],
+            message=message,
             datetime=now,
             created_at=now,
             process=Pid.value,
             thread=_get_ident(),
-            filename=_basename(last.tb_frame.f_code.co_filename) if last is not None else "",
-            lineno=last.tb_lineno if last is not None else 0,
+            filename=_basename(frame.f_code.co_filename) if frame is not None else "",
+            lineno=lineno,
+            **fields,
         )
-        return self._with_exception(_in_span(record, live), exc)
 
     def _span_open(self, start: Span) -> None:
         # Straight to the stores (a console prints the start itself; a with-block does not
@@ -789,16 +802,11 @@ def _stop_runs(signal_name: str, frame: FrameType | None) -> None:
             traces.setdefault(trace, None)
     for trace, innermost in traces.items():
         trace._release_buffer(keep_holding=False)
-        now = trace._clock.now()
-        record = _replace(
-            trace._templates["error"],
-            message=f"[WORKFLOW]: stopped by {signal_name}",
-            datetime=now,
-            created_at=now,
-            process=Pid.value,
-            thread=_get_ident(),
-            filename=_basename(frame.f_code.co_filename) if frame is not None else "",
-            lineno=frame.f_lineno if frame is not None else 0,
+        record = trace._record_at(
+            "error",
+            f"[WORKFLOW]: stopped by {signal_name}",
+            frame,
+            frame.f_lineno if frame is not None else 0,
             metadata={**trace._template.metadata, INTERRUPTED: signal_name},
         )
         if innermost is not None:

@@ -32,7 +32,7 @@ from flowtrail.context import check_run_id
 from flowtrail.context import safe_run_id as safe_run_id
 from flowtrail.logrecords import drop_echo, is_ignored_logger, metadata_from_log_record, writing
 from flowtrail.pipeline import Pipeline, PipelineOptions, all_pipelines, get_pipeline
-from flowtrail.records import LEVELS, Metadata, Span, TraceData
+from flowtrail.records import Metadata, Span, TraceData
 
 if TYPE_CHECKING:
     from flowtrail.handlers.query import RecordCounts
@@ -484,13 +484,10 @@ class StoreReader:
         any size is read in bounded memory; with ``fields`` the stores may read only
         those fields (the others keep their defaults). Stores override this; the
         default reads the whole run."""
-        from flowtrail.handlers.query import check_level
+        from flowtrail.handlers.query import at_or_above
 
-        minimum = check_level(level) or 0
         data = self.find_trace_with_id(run_id, include_children=include_children, text=False)
-        for record in data.meta:
-            if LEVELS.get(record.level, 0) >= minimum:
-                yield record
+        yield from at_or_above(data.meta, level)
 
     def run_spans(
         self,

@@ -45,6 +45,7 @@ from flowtrail.handlers.query import (
     RecordCounts,
     RecordFilter,
     SpanLoader,
+    at_or_above,
     check_level,
     merge_counts,
     parse_time,
@@ -53,7 +54,6 @@ from flowtrail.handlers.query import (
 )
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import (
-    LEVELS,
     Metadata,
     RunSummary,
     Span,
@@ -452,20 +452,14 @@ class FileHandler(BaseHandler, StoreReader):
     ) -> Iterator[Metadata]:
         # ``fields`` is not used: decoding a whole line into `Metadata` is faster than a
         # part of it and then building the record.
-        minimum = check_level(level) or 0
-        decode = decode_metadata
+        check_level(level)  # a bad level is refused before anything is read
         streams = [
-            _iter_lines(folder / "metadata.txt", decode)
+            _iter_lines(folder / "metadata.txt", decode_metadata)
             for folder in self._run_and_children(run_id, include_children)
         ]
         # Each run in its written order; a parent and its children merged by time.
         merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_DATETIME)
-        if not minimum:
-            yield from merged
-            return
-        for record in merged:
-            if LEVELS.get(record.level, 0) >= minimum:
-                yield record
+        yield from at_or_above(merged, level)
 
     def run_spans(
         self,

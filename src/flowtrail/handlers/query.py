@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -99,6 +99,14 @@ class RecordFilter:
             if self.until is not None and moment > self.until:
                 return False
         return True
+
+
+def at_or_above(records: Iterable[Metadata], level: str | None) -> Iterator[Metadata]:
+    """``records`` at or above ``level`` (all of them when it is None), lazily."""
+    minimum = check_level(level) or 0
+    if not minimum:
+        return iter(records)
+    return (record for record in records if LEVELS.get(record.level, 0) >= minimum)
 
 
 def summarize(
