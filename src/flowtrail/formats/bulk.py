@@ -396,6 +396,8 @@ class _BulkAnswer(msgspec.Struct):
 
 
 _bulk_answer = msgspec.json.Decoder(_BulkAnswer)
+
+
 class _Errors(msgspec.Struct):
     errors: bool = False
 

@@ -393,8 +393,10 @@ class ElasticHandler(ElasticReader, BaseHandler):
             if exc.status == 404:
                 return  # made from the template on the first write
             raise
-        for name, mapping in (answer or {}).items():
-            properties = mapping.get("mappings", {}).get("properties", {})
+        for name, mapping in (answer if isinstance(answer, dict) else {}).items():
+            if not isinstance(mapping, dict) or not isinstance(mapping.get("mappings"), dict):
+                continue
+            properties = mapping["mappings"].get("properties", {})
             for field, kind in expected.items():
                 found = properties.get(field, {}).get(
                     "type", "object" if field in properties else None
