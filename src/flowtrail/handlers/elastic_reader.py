@@ -284,6 +284,8 @@ class ElasticReader(StoreReader):
             clauses.append(_terms("level", names))
         if fields is not None:
             fields = sorted({"run_id", *fields})
+            if "metadata" in fields:
+                fields = None  # whole sources: see `run_spans`
         yield from self._records({"bool": {"filter": clauses}}, fields=fields)
 
     def run_spans(
@@ -295,11 +297,10 @@ class ElasticReader(StoreReader):
         fields: Iterable[str] | None = None,
     ) -> list[Span]:
         self._ready()
-        if fields is not None:
-            fields = sorted({"run_id", "trace_id", "span_id", "name", "status", *fields})
+        # Spans are read whole (``fields`` is not passed on): servers differ in how they
+        # filter a source whose attribute names hold dots (osmem nests them).
         spans = [
-            without_log_events(span)
-            for span in self._spans(_run_query(run_id, include_children), fields=fields)
+            without_log_events(span) for span in self._spans(_run_query(run_id, include_children))
         ]
         if all_events:
             return spans
