@@ -61,6 +61,17 @@ CLIENT_HINT = (
 )
 
 
+#: Environment variables a store URL's credentials come from when it has none (flowtrail's
+#: first, then the names the seed and the official images use).
+CREDENTIAL_VARIABLES = {
+    "username": ("FLOWTRAIL_ES_USERNAME", "ES_USERNAME", "ELASTIC_USERNAME"),
+    "password": ("FLOWTRAIL_ES_PASSWORD", "ES_PASSWORD", "ELASTIC_PASSWORD"),
+    "api_key": ("FLOWTRAIL_ES_API_KEY", "ES_API_KEY", "ELASTIC_API_KEY"),
+    "bearer_token": ("FLOWTRAIL_ES_BEARER_TOKEN",),
+}
+_URL_SCHEMES = ("elasticsearch+", "es+", "opensearch+")
+
+
 class ElasticConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """Options of `ElasticHandler` (defaults as seed 002's table)."""
 
@@ -248,15 +259,32 @@ class ElasticHandler(ElasticReader, BaseHandler):
                     return url_user, url_password
         return user, password
 
+    def _from_environment(self) -> dict[str, str]:
+        """Credentials from `CREDENTIAL_VARIABLES` when none is configured (a handler
+        rebuilt by ``flowtrail replay`` from ``destination.json``, which holds none)."""
+        config = self.config
+        given = (config.username, config.password, config.api_key, config.bearer_token)
+        if any(v is not None for v in given) or any(self._credentials()):
+            return {}
+        import os
+
+        found = {}
+        for key, names in CREDENTIAL_VARIABLES.items():
+            value = next((os.environ[n] for n in names if os.environ.get(n)), None)
+            if value:
+                found[key] = value
+        return found
+
     def auth_headers(self) -> tuple[tuple[str, str], ...]:
         """The ``Authorization`` header of this handler's credentials."""
         user, password = self._credentials()
         config = self.config
+        env = self._from_environment()
         return bulk.auth_header(
-            username=user,
-            password=password,
-            api_key=config.api_key,
-            bearer_token=config.bearer_token,
+            username=user or env.get("username"),
+            password=password or env.get("password"),
+            api_key=config.api_key or env.get("api_key"),
+            bearer_token=config.bearer_token or env.get("bearer_token"),
         )
 
     def _secrets(self) -> tuple[str, ...]:
@@ -264,7 +292,7 @@ class ElasticHandler(ElasticReader, BaseHandler):
         user, password = self._credentials()
         key = config.api_key
         keys = [key] if isinstance(key, str) else list(key or [])
-        values = [password, config.bearer_token, *keys]
+        values = [password, config.bearer_token, *keys, *self._from_environment().values()]
         values += [value for _, value in self.auth_headers()]
         values += [value.split(" ", 1)[-1] for _, value in self.auth_headers()]
         return tuple(v for v in values if v)
@@ -659,17 +687,6 @@ class ElasticsearchHandler(ElasticHandler):
         if index_name is not None:
             options["index"] = index_name
         super().__init__(run_id=run_id, parent_run_id=parent_run_id, extras=extras, **options)
-
-
-#: Environment variables a store URL's credentials come from when it has none (flowtrail's
-#: first, then the names the seed and the official images use).
-CREDENTIAL_VARIABLES = {
-    "username": ("FLOWTRAIL_ES_USERNAME", "ES_USERNAME", "ELASTIC_USERNAME"),
-    "password": ("FLOWTRAIL_ES_PASSWORD", "ES_PASSWORD", "ELASTIC_PASSWORD"),
-    "api_key": ("FLOWTRAIL_ES_API_KEY", "ES_API_KEY", "ELASTIC_API_KEY"),
-    "bearer_token": ("FLOWTRAIL_ES_BEARER_TOKEN",),
-}
-_URL_SCHEMES = ("elasticsearch+", "es+", "opensearch+")
 
 
 def is_elastic_url(url: str) -> bool:
