@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import subprocess
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -445,13 +446,71 @@ def test_a_dead_node_is_left_out_for_its_back_off(receiver) -> None:
         down.server_close()
 
 
-def test_tls_is_verified_by_default() -> None:
-    handler = ElasticHandler(hosts="https://127.0.0.1:9")
-    assert handler.delivery.verify_certs is True
-    unverified = ElasticHandler(hosts="https://127.0.0.1:9", verify_certs=False, ca_certs=None)
-    assert unverified.delivery.verify_certs is False
-    with_ca = ElasticHandler(hosts="https://127.0.0.1:9", ca_certs="/etc/ssl/certs/ca.pem")
-    assert with_ca.delivery.ca_certs == "/etc/ssl/certs/ca.pem"
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, made with openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_is_verified_by_default_and_ca_certs_trusts_a_private_ca(
+    receiver, tmp_path: Path
+) -> None:
+    import ssl
+
+    Receiver, _ = receiver
+    cert, key = _self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        options = dict(hosts=[url], flush_interval=0.01, retry_deadline=0.2, max_retries=0)
+        strict = ElasticHandler(index="strict", spool_dir=str(tmp_path / "s1"), **options)
+        trace = get_trace("tls-run", handlers=[strict])
+        trace.info("not trusted")
+        strict.flush(30)
+        assert not any(d["message"] == "not trusted" for b in Receiver.seen for d in b)
+        assert "CERTIFICATE_VERIFY_FAILED" in (strict._own_pipelines()[0].stats.last_error or "")
+        trusted = ElasticHandler(
+            index="ca", ca_certs=str(cert), spool_dir=str(tmp_path / "s2"), **options
+        )
+        get_trace("tls-run", handlers=[trusted]).info("trusted by ca_certs")
+        assert trusted.flush(30)
+        unverified = ElasticHandler(
+            index="nv", verify_certs=False, spool_dir=str(tmp_path / "s3"), **options
+        )
+        get_trace("tls-run", handlers=[unverified]).info("not verified")
+        assert unverified.flush(30)
+        sent = [d["message"] for b in Receiver.seen for d in b]
+        assert "trusted by ca_certs" in sent and "not verified" in sent
+        assert "not trusted" not in sent
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_secrets_never_in_repr_errors_spool_or_records(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 import sys
 import threading
 import time
@@ -212,6 +213,9 @@ class ElasticHandler(ElasticReader, BaseHandler):
             parts = urlsplit(host if "://" in host else f"http://{host}")
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise cls.option_error("hosts", host, "not an http:// or https:// URL")
+        https = any(h.strip().lower().startswith("https:") for h in hosts)
+        if https and config.ca_certs and not os.path.isfile(config.ca_certs):
+            raise cls.option_error("ca_certs", config.ca_certs, "no such file")
         for key in ("index", "spans_index"):
             name = getattr(config, key)
             if name is None:
@@ -266,8 +270,6 @@ class ElasticHandler(ElasticReader, BaseHandler):
         given = (config.username, config.password, config.api_key, config.bearer_token)
         if any(v is not None for v in given) or any(self._credentials()):
             return {}
-        import os
-
         found = {}
         for key, names in CREDENTIAL_VARIABLES.items():
             value = next((os.environ[n] for n in names if os.environ.get(n)), None)
@@ -308,11 +310,15 @@ class ElasticHandler(ElasticReader, BaseHandler):
                 timeout=config.timeout,
                 connect_timeout=config.connect_timeout,
                 verify_certs=config.verify_certs,
-                ca_certs=config.ca_certs,
+                # A CA file matters to https hosts only (a seed example gives one with http).
+                ca_certs=config.ca_certs if self._tls() else None,
                 secrets=self._secrets(),
                 max_connections=max(4, 2 * len(self.urls)),
             )
         return delivery
+
+    def _tls(self) -> bool:
+        return any(url.startswith("https:") for url in self.urls)
 
     @property
     def host_pool(self) -> HostPool:
@@ -380,8 +386,6 @@ class ElasticHandler(ElasticReader, BaseHandler):
             refresh_interval=config.refresh_interval,
             data_stream=config.data_stream,
         )
-        import os
-
         key = (os.getpid(), tuple(self.urls), msgspec.json.encode([t.composable() for t in items]))
         if key in _templates_done:
             return
@@ -702,7 +706,6 @@ def options_from_url(url: str, environ: Mapping[str, str] | None = None) -> dict
     host2:9200/index?spans_index=...&verify_certs=false&ca_certs=...``; the scheme may also
     be ``http(s)://`` or ``opensearch+...``. Credentials not in the URL come from
     `CREDENTIAL_VARIABLES`."""
-    import os
     from urllib.parse import parse_qs
 
     environ = os.environ if environ is None else environ
