@@ -539,3 +539,34 @@ def test_secrets_never_in_repr_errors_spool_or_records(tmp_path: Path) -> None:
     pipeline = handler._own_pipelines()[0]
     assert "secret" not in (pipeline.stats.last_error or "")
     assert msgspec.json.decode(handler.spool_manifest())["options"].get("password") is None
+
+
+def test_data_stream_option_writes_create_actions_and_needs_a_cluster_that_has_them(
+    es_node, tmp_path: Path
+) -> None:
+    (chunk,) = bulk.bulk_chunks(
+        [Metadata(run_id="r", datetime="2026-01-02T03:04:05.000001+00:00")],
+        index="logs-x",
+        spans_index="logs-x-spans",
+        seq_start=0,
+        data_stream=True,
+    )
+    action, doc = (json.loads(line) for line in chunk.body().splitlines())
+    assert "create" in action
+    assert doc["@timestamp"] == "2026-01-02T03:04:05.000001+00:00"
+    (records, _) = bulk.templates("logs-x", "logs-x-spans", data_stream=True)
+    assert records.composable()["data_stream"] == {}
+    # Elasticsearch 7.9 OSS has no data streams: the records wait in the spool, and the
+    # error says why.
+    handler = ElasticHandler(
+        hosts=[es_node.url],
+        index=f"logs-{uuid.uuid4().hex[:6]}",
+        data_stream=True,
+        spool_dir=str(tmp_path),
+        flush_interval=0.01,
+    )
+    get_trace("ds-run", handlers=[handler]).info("kept")
+    handler.flush(30)
+    assert "has no data streams" in (handler._own_pipelines()[0].stats.last_error or "")
+    kept = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert "kept" in kept

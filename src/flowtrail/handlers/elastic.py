@@ -394,10 +394,24 @@ class ElasticHandler(ElasticReader, BaseHandler):
                 return
             composable = self._composable_templates()
             for template in items:
-                if composable:
-                    self.request("PUT", f"/_index_template/{template.name}", template.composable())
-                else:
-                    self.request("PUT", f"/_template/{template.name}", template.legacy())
+                try:
+                    if composable:
+                        path, body = f"/_index_template/{template.name}", template.composable()
+                    else:
+                        path, body = f"/_template/{template.name}", template.legacy()
+                    self.request("PUT", path, body)
+                except DeliveryError as exc:
+                    if exc.retryable:
+                        raise
+                    if template.data_stream:
+                        raise DeliveryError(
+                            f"{self.describe()}: data_stream=True, but this cluster has no "
+                            f"data streams (they need Elasticsearch 7.9+ with its default "
+                            f"distribution, or OpenSearch 1+): {exc}",
+                            retryable=False,
+                            status=exc.status,
+                        ) from None
+                    self._template_refused(template.name, exc)
             for index, properties in (
                 (config.index, bulk.CHECKED_TYPES),
                 (self.spans_index, {"span_id": "keyword", "start_ns": "long"}),
@@ -405,6 +419,22 @@ class ElasticHandler(ElasticReader, BaseHandler):
                 if bulk.DATE not in index:
                     self._check_mapping(index, properties)
             _templates_done.add(key)
+
+    def _template_refused(self, name: str, exc: DeliveryError) -> None:
+        """A template the cluster refused (no privilege to manage templates, say):
+        documents are still written, with the cluster's dynamic mapping. Told once."""
+        message = (
+            f"flowtrail: handler {self.describe()}: the cluster refused the index template "
+            f"{name!r} ({exc}); records are written with its dynamic mapping. Put the "
+            f"template as an administrator, or set manage_templates=False."
+        )
+        self.__dict__.setdefault("mapping_conflicts", []).append(message)
+        if ("template", name) not in _conflicts_reported:
+            _conflicts_reported.add(("template", name))
+            try:
+                sys.stderr.write(message + "\n")
+            except Exception:
+                pass
 
     def _composable_templates(self) -> bool:
         """Whether the cluster has ``_index_template`` (Elasticsearch 7.8+, OpenSearch)."""
