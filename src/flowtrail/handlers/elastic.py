@@ -278,7 +278,13 @@ class ElasticHandler(ElasticReader, BaseHandler):
         return found
 
     def auth_headers(self) -> tuple[tuple[str, str], ...]:
-        """The ``Authorization`` header of this handler's credentials."""
+        """The ``Authorization`` header of this handler's credentials (worked out once)."""
+        headers = self.__dict__.get("_auth")
+        if headers is None:
+            headers = self.__dict__["_auth"] = self._auth_headers()
+        return headers
+
+    def _auth_headers(self) -> tuple[tuple[str, str], ...]:
         user, password = self._credentials()
         config = self.config
         env = self._from_environment()
