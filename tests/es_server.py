@@ -122,8 +122,10 @@ class EsNode:
         transport_port: int | None = None,
         seeds: list[int] | None = None,
         masters: list[str] | None = None,
+        heap: str = "256m",
     ) -> None:
         self.name = name
+        self.heap = heap
         self.cluster = cluster
         self.http_port = http_port or free_port()
         self.transport_port = transport_port or free_port()
@@ -164,8 +166,8 @@ class EsNode:
         (config / "jvm.options").write_text(
             "\n".join(
                 [
-                    "-Xms256m",
-                    "-Xmx256m",
+                    f"-Xms{self.heap}",
+                    f"-Xmx{self.heap}",
                     "-XX:+UseSerialGC",
                     "-XX:TieredStopAtLevel=1",
                     "-Xss1m",

@@ -32,7 +32,7 @@ def stored(url: str, index: str) -> list[dict]:
     es_request(f"{url}/{index}/_refresh?ignore_unavailable=true", "POST")
     body = {"size": 10000, "query": {"match_all": {}}}
     answer = es_request(f"{url}/{index}/_search?ignore_unavailable=true", "POST", body)
-    return [hit["_source"] for hit in answer["hits"]["hits"]]
+    return [{**hit["_source"], "_id": hit["_id"]} for hit in answer["hits"]["hits"]]
 
 
 # ---------------------------------------------------------------------- the format (pure)
@@ -50,7 +50,9 @@ def test_ids_are_deterministic_and_unique_and_chunks_are_bounded() -> None:
     assert [i for c in again for i in c.ids] == ids  # a replay writes the same documents
     lines = chunks[0].body().splitlines()
     assert json.loads(lines[0]) == {"create": {"_index": "x-2026.01.02", "_id": ids[0]}}
-    assert json.loads(lines[1])["record_id"] == ids[0]
+    doc = json.loads(lines[1])
+    assert doc["seq"] == 1 and doc["message"] == "m0"
+    assert "parent_run_id" not in doc  # null fields are left out
     small = bulk.bulk_chunks(batch, index="x", spans_index="s", seq_start=0, max_docs=3)
     assert [len(c.records) for c in small] == [3, 3, 3, 2]
     by_bytes = bulk.bulk_chunks(batch, index="x", spans_index="s", seq_start=0, max_bytes=2000)
@@ -113,7 +115,7 @@ def test_seed_handler_form_writes_every_record_once(search_url: str) -> None:
     assert sorted(d["message"] for d in docs if d["level"] == "info") == sorted(
         f"record {i}" for i in range(250)
     )
-    assert len({d["record_id"] for d in docs}) == 251
+    assert len({d["_id"] for d in docs}) == 251
     error = next(d for d in docs if d["level"] == "error")
     assert error["message"] == "❌ Error occurred" and error["run_id"] == "workflow-123"
     trace.close()
@@ -337,8 +339,8 @@ class _BulkReceiver(BaseHTTPRequestHandler):
             doc.get("message") for status, doc in zip(plan, docs, strict=False) if status == 400
         )
         items = []
-        for status, doc in zip(plan, docs, strict=False):
-            item: dict = {"_index": "x", "_id": doc.get("record_id"), "status": status}
+        for status in plan:
+            item: dict = {"_index": "x", "status": status}
             if status >= 300:
                 kind = "es_rejected_execution_exception" if status == 429 else "bad_thing"
                 item["error"] = {"type": kind, "reason": f"reason-{status}"}
@@ -402,6 +404,8 @@ def test_credentials_headers(receiver) -> None:
         trace.info("hello")
         assert handler.flush(30)
         assert Receiver.headers_seen[-1]["Authorization"] == expected
+        assert Receiver.headers_seen[-1]["Content-Encoding"] == "gzip"
+        assert Receiver.headers_seen[-1]["Content-Type"] == "application/x-ndjson"
         for secret in ("pw-secret", "key-secret", "tok-secret"):
             assert secret not in repr(handler)
             assert secret not in handler.spool_name()

@@ -28,7 +28,7 @@ def count(url: str, index: str) -> int:
 
 def ids(url: str, index: str) -> list[str]:
     es_request(f"{url}/{index}/_refresh", "POST", timeout=60)
-    body = {"size": 10000, "_source": ["record_id"], "query": {"match_all": {}}}
+    body = {"size": 10000, "_source": False, "query": {"match_all": {}}}
     hits = es_request(f"{url}/{index}/_search", "POST", body, timeout=60)["hits"]["hits"]
     return [hit["_id"] for hit in hits]
 

@@ -4,13 +4,13 @@ answer item by item.
 
 Documents:
 
-- a record (`Metadata`) is its fields as in the seed, plus ``record_id`` (its document
-  id) and ``seq`` (the order it was sent in, which breaks ties of equal time stamps). Its
-  id is a digest of the record's JSON: deterministic, so a batch sent again (a retry, a
-  replay from the spool) writes the same documents, and unique, since two records differ
-  at least in their microsecond time stamp, thread or message. Two records equal in every
-  field within one batch get the numbers 1, 2, ... after the digest. Records are sent
-  with ``create``: one already there answers 409, which counts as written;
+- a record (`Metadata`) is its fields as in the seed (null ones left out), plus ``seq``
+  (the order it was sent in, which breaks ties of equal time stamps). Its id is a digest
+  of the record's JSON: deterministic, so a batch sent again (a retry, a replay from the
+  spool) writes the same documents, and unique, since two records differ at least in
+  their microsecond time stamp, thread or message. Two records equal in every field
+  within one batch get the numbers 1, 2, ... after the digest. Records are sent with
+  ``create``: one already there answers 409, which counts as written;
 - a span goes to the spans index with the id ``<trace id>-<span id>``: the open span
   written when it started is sent with ``create`` and its end with ``index``, so the end
   replaces the start whatever order they arrive in, and a replayed start never undoes
@@ -21,10 +21,12 @@ Index names may hold ``{date}`` (``workflow-traces-{date}``): the record's own d
 ``INDEX-spans`` (``workflow-traces-{date}-spans``) unless named otherwise.
 
 Differences from the seed's mapping, each for a reason: ``datetime`` is ``date_nanos``
-(records within one millisecond keep their order), ``process`` and ``thread`` are
-``long`` (thread ids do not fit an ``integer``), ``message`` and ``exception_message``
-have a lower-cased keyword sub-field (a search for text finds it inside words, without
-regard to case, as the SQLite store does), strings inside ``metadata`` are keywords, and
+(records within one millisecond keep their order), ids never sorted on (``cut_id``,
+``trace_id``, ``span_id``, ``parent_span_id``) have no doc values, ``process`` and
+``thread`` are ``long`` (thread ids do not fit an ``integer``), ``message`` and
+``exception_message`` have a lower-cased keyword sub-field (a search for text finds it
+inside words, without regard to case, as the SQLite store does), strings inside
+``metadata`` are keywords, and
 ``index.mapping.ignore_malformed`` keeps a record whose value the mapping refuses (an
 ``ip_address`` that is not an IP): the value stays in ``_source``, unindexed.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 import base64
 import gzip as gzip_module
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,10 +53,17 @@ DATE = "{date}"
 LOWER_LIMIT = 8191
 
 _KEYWORD = {"type": "keyword"}
+#: Ids never sorted or aggregated on: no doc values (less work for every document).
+_ID = {"type": "keyword", "doc_values": False}
 _LOWER_TEXT = {
     "type": "text",
     "fields": {
-        "lower": {"type": "keyword", "normalizer": "flowtrail_lower", "ignore_above": LOWER_LIMIT}
+        "lower": {
+            "type": "keyword",
+            "normalizer": "flowtrail_lower",
+            "ignore_above": LOWER_LIMIT,
+            "doc_values": False,
+        }
     },
 }
 
@@ -70,16 +80,16 @@ RECORD_PROPERTIES: dict[str, Any] = {
     "thread": {"type": "long"},
     "filename": _KEYWORD,
     "lineno": {"type": "integer"},
-    "cut_id": _KEYWORD,
+    "cut_id": _ID,
     "workflow_name": _KEYWORD,
     "stage_name": _KEYWORD,
     "job_name": _KEYWORD,
     "duration_ms": {"type": "float"},
     "memory_usage_mb": {"type": "float"},
     "cpu_usage_percent": {"type": "float"},
-    "trace_id": _KEYWORD,
-    "span_id": _KEYWORD,
-    "parent_span_id": _KEYWORD,
+    "trace_id": _ID,
+    "span_id": _ID,
+    "parent_span_id": _ID,
     "exception_type": _KEYWORD,
     "exception_message": _LOWER_TEXT,
     "stack_trace": {"type": "text"},
@@ -96,7 +106,6 @@ RECORD_PROPERTIES: dict[str, Any] = {
     #: The metadata as JSON text, for a record whose metadata the mapping refused.
     "metadata_text": {"type": "keyword", "index": False, "doc_values": False},
     "created_at": {"type": "date"},
-    "record_id": _KEYWORD,
     "seq": {"type": "long"},
 }
 
@@ -280,6 +289,20 @@ def index_for(name: str, stamp: str) -> str:
 _encode = msgspec.json.encode
 
 
+#: A top-level field whose value is null (fields before ``tags`` are all scalars, so an
+#: unescaped quote in them is a delimiter: text inside a string cannot match).
+_NULL_FIELD = re.compile(rb'"[a-z_]+":null,')
+
+
+def without_nulls(encoded: bytes) -> bytes:
+    """A record's JSON without its null scalar fields (a smaller document to parse and
+    store; a reader gets the same record back, None being the default)."""
+    cut = encoded.find(b',"tags":')
+    if cut < 0:
+        return encoded
+    return _NULL_FIELD.sub(b"", encoded[:cut]) + encoded[cut:]
+
+
 def record_id(encoded: bytes) -> str:
     """The document id of a record from its JSON: 26 characters of a BLAKE2b digest."""
     digest = hashlib.blake2b(encoded, digest_size=16).digest()
@@ -337,7 +360,8 @@ def bulk_chunks(
                 doc_id = f"{doc_id}-{count}"
             if transform is not None:
                 encoded = transform(item, encoded)
-            extra = b',"record_id":"' + doc_id.encode() + b'","seq":' + str(seq).encode()
+            encoded = without_nulls(encoded)
+            extra = b',"seq":' + str(seq).encode()
             if data_stream:
                 extra += b',"@timestamp":' + _encode(item.datetime)
             seq += 1
@@ -508,7 +532,7 @@ __all__ = [
     "index_for",
     "index_pattern",
     "read_bulk_answer",
-    "record_id",
+    "without_nulls",
     "records_target",
     "sanitised_document",
     "templates",

@@ -39,8 +39,9 @@ from flowtrail.timeparse import parse_time_filter
 PAGE = 2000
 #: Buckets per page of a composite aggregation.
 BUCKETS = 1000
-_RECORD_SORT = [{"datetime": "asc"}, {"seq": "asc"}, {"record_id": "asc"}]
-_RECORD_SORT_DESC = [{"datetime": "desc"}, {"seq": "desc"}, {"record_id": "desc"}]
+# ``seq`` is unique in practice (nanoseconds at sending plus the place in the batch).
+_RECORD_SORT = [{"datetime": "asc"}, {"seq": "asc"}]
+_RECORD_SORT_DESC = [{"datetime": "desc"}, {"seq": "desc"}]
 _SPAN_SORT = [{"start_ns": "asc"}, {"span_id": "asc"}, {"trace_id": "asc"}]
 _OPEN = {"bool": {"filter": [{"term": {"status": OPEN_SPAN_STATUS}}, {"term": {"end_ns": 0}}]}}
 _FINISHED = {"bool": {"must_not": [_OPEN]}}
@@ -435,9 +436,10 @@ class ElasticReader(StoreReader):
         query = {"prefix": {"run_id": prefix}} if prefix else {"match_all": {}}
         found: set[str] = set()
         for target in (self.records_target, self.spans_target):
-            for bucket in self._composite(target, query, {}):
+            # Buckets come in id order: the first ``limit`` of each index are enough.
+            for taken, bucket in enumerate(self._composite(target, query, {}), 1):
                 found.add(bucket["key"]["run"])
-                if limit is not None and len(found) >= limit * 2:
+                if limit is not None and taken >= limit:
                     break
         ordered = sorted(found)
         return ordered[:limit] if limit is not None else ordered
