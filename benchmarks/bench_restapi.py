@@ -190,6 +190,38 @@ def run_cloudwatch(case: str, n: int, endpoint: str) -> dict[str, float]:
         )
         t0 = time.perf_counter()
         loop = log_through(handler, n)
+    elif case == "cloudwatch-floor":
+        # No logging library: the same JSON documents, made and sent in batches of
+        # 1 MiB / 10,000 events with a prepared client. What moto itself allows.
+        import boto3
+
+        client = boto3.client("logs", endpoint_url=endpoint)
+        for call, args in (
+            (client.create_log_group, {"logGroupName": "bench"}),
+            (client.create_log_stream, {"logGroupName": "bench", "logStreamName": stream}),
+        ):
+            try:
+                call(**args)
+            except client.exceptions.ResourceAlreadyExistsException:
+                pass
+        fmt = SameFieldsFormatter()
+        import logging
+
+        t0 = time.perf_counter()
+        events: list[dict[str, object]] = []
+        size = 0
+        for i in range(n):
+            record = logging.LogRecord("b", logging.INFO, "x.py", 1, f"record number {i}", (), None)
+            record.__dict__.update(EXTRAS)
+            message = fmt.format(record)
+            if len(events) == 10_000 or size + len(message) + 26 > 1_048_576:
+                client.put_log_events(logGroupName="bench", logStreamName=stream, logEvents=events)
+                events, size = [], 0
+            events.append({"timestamp": int(record.created * 1000), "message": message})
+            size += len(message) + 26
+        loop = time.perf_counter() - t0
+        if events:
+            client.put_log_events(logGroupName="bench", logStreamName=stream, logEvents=events)
     else:
         import logging
 
@@ -213,7 +245,7 @@ def run_cloudwatch(case: str, n: int, endpoint: str) -> dict[str, float]:
         loop = time.perf_counter() - t0
         handler.flush()
     total = time.perf_counter() - t0
-    if case != "flowtrail-cloudwatch":
+    if case == "watchtower":
         handler.close()  # what its flush() left behind counts as received, if it arrives
     got = cloudwatch_count(endpoint, "bench", stream)
     return {"caller_us": loop / n * 1e6, "records_per_s": n / total, "received": got}
@@ -287,7 +319,9 @@ PEERS = {
     "flowtrail-generic": ("stdlib-http",),
     "flowtrail-cloudwatch": ("watchtower",),
 }
-CLOUDWATCH = ("flowtrail-cloudwatch", "watchtower")
+#: The plain-Python floor of the same work, where there is one.
+FLOORS = {"flowtrail-cloudwatch": "cloudwatch-floor"}
+CLOUDWATCH = ("flowtrail-cloudwatch", "watchtower", "cloudwatch-floor")
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "bench",
     "AWS_SECRET_ACCESS_KEY": "bench-secret",
@@ -356,6 +390,7 @@ def main() -> None:
         "python-logging-loki",
         "flowtrail-cloudwatch",
         "watchtower",
+        "cloudwatch-floor",
     ]
     if args.only:
         cases = [c for c in cases if c in args.only.split(",")]
@@ -427,6 +462,10 @@ def main() -> None:
             best = max(present, key=lambda p: medians[p]["records_per_s"])
             ratio = mine["records_per_s"] / medians[best]["records_per_s"]
             print(f"{case:22} records/s {ratio:8.1f}x {best}")
+        floor = FLOORS.get(case)
+        if floor in medians:
+            ratio = mine["records_per_s"] / medians[floor]["records_per_s"]
+            print(f"{case:22} records/s {ratio:8.2f}x {floor} (no logging library)")
         if file_cost:
             print(f"{case:22} caller    {mine['caller_us'] / file_cost:8.2f}x flowtrail-file")
 
