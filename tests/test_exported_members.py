@@ -20,6 +20,7 @@ INTENDED = {
     "MemoryHandler",
     "Message",
     "Metadata",
+    "OTLPHandler",
     "RestAPIHandler",
     "RestAPITrace",
     "RunSummary",

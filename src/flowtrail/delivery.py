@@ -194,11 +194,14 @@ class Delivery(ProcessClient):
         ca_certs: str | None = None,
         secrets: Iterable[str] = (),
         max_connections: int = 4,
+        client_cert: tuple[str, str | None] | None = None,
     ) -> None:
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout) if timeout else connect_timeout
         self.verify_certs = verify_certs
         self.ca_certs = ca_certs
+        #: Certificate file and key file (None: in the certificate file) for mutual TLS.
+        self.client_cert = client_cert
         self.max_connections = max_connections
         self._secrets = tuple(s for s in secrets if s)
         super().__init__()
@@ -214,10 +217,12 @@ class Delivery(ProcessClient):
         import httpx
 
         verify: Any = self.verify_certs
-        if self.verify_certs and self.ca_certs:
+        if self.verify_certs and (self.ca_certs or self.client_cert):
             import ssl
 
             verify = ssl.create_default_context(cafile=self.ca_certs)
+            if self.client_cert:
+                verify.load_cert_chain(*self.client_cert)
         return httpx.Client(
             timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
             verify=verify,

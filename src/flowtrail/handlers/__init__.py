@@ -23,6 +23,7 @@ HANDLER_TYPES: dict[str, Any] = {
     "sqlite": SQLiteHandler,
     "memory": MemoryHandler,
     "restapi": RestAPIHandler,
+    "otlp": "flowtrail.handlers.otlp:OTLPHandler",
 }
 
 
