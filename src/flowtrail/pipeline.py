@@ -589,6 +589,9 @@ class Pipeline:
         still queued goes to the spool (a batch the store is busy with stays with the
         worker, which spools it if the store fails) and False is returned."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        exit_deadline = _exit_deadline[0]
+        if exit_deadline is not None:  # at exit (a handler closed by logging.shutdown)
+            deadline = exit_deadline if deadline is None else min(deadline, exit_deadline)
         done = self.flush(timeout)
         worker = self._worker
         self._stop.set()
