@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowtrail.config import is_secret_key, mask_text
+from flowtrail.otelbridge import detach, suppress_instrumentation
 
 #: HTTP statuses that may succeed if the same request is sent again later.
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+_modules = sys.modules
 #: How much of a service's error body an error message carries.
 _BODY_LIMIT = 500
 
@@ -238,6 +241,7 @@ class Delivery(ProcessClient):
         """Send ``request`` once and classify the outcome (see the module docstring)."""
         import httpx
 
+        quiet = suppress_instrumentation() if _modules.get("opentelemetry.trace") else None
         try:
             answer = self.client.request(
                 request.method, request.url, headers=list(request.headers), content=request.body
@@ -251,6 +255,9 @@ class Delivery(ProcessClient):
                 f"{redact(str(exc), self._secrets)}",
                 retryable=True,
             ) from None
+        finally:
+            if quiet is not None:
+                detach(quiet)
         status = answer.status_code
         headers = tuple(answer.headers.items())
         if 200 <= status < 300:

@@ -8,6 +8,8 @@
   it (as a non-recording span with its ids, `attach`), so spans that instrumented
   libraries start (``tracer.start_as_current_span``, an instrumented HTTP client) are its
   children, and the ``traceparent`` they inject names it.
+- flowtrail's own HTTP requests (`flowtrail.delivery`) suppress instrumentation, so an
+  instrumented HTTP client library never turns an export into spans.
 
 Nothing here imports OpenTelemetry: it is used only once the program (or a library it
 uses) has imported ``opentelemetry.trace`` itself. Until then each call costs one dict
@@ -87,6 +89,25 @@ def attach(trace_id: str, span_id: str, sampled: bool) -> Any:
         return None
 
 
+def suppress_instrumentation() -> Any:
+    """Tell OpenTelemetry instrumentations to record nothing in the current context
+    (flowtrail's own HTTP requests must not become spans, as the SDK's exporters do);
+    returns the token for `detach`, or None when OpenTelemetry is not imported."""
+    if _modules.get(_TRACE) is None:
+        return None
+    api = _load()
+    if api is None:
+        return None
+    context = api[1]
+    key = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
+    if key is None:
+        return None
+    try:
+        return context.attach(context.set_value(key, True))
+    except Exception:
+        return None
+
+
 def detach(token: Any) -> None:
     """Undo `attach`. Quiet when the span ends in another context than it started in
     (another task or thread): that context's value is not this one's to reset."""
@@ -103,4 +124,4 @@ def detach(token: Any) -> None:
         pass
 
 
-__all__ = ["attach", "detach", "otel_loaded", "otel_parent"]
+__all__ = ["attach", "detach", "otel_loaded", "otel_parent", "suppress_instrumentation"]
