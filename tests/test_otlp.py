@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from conftest import run_python
@@ -784,3 +785,22 @@ print("JSON", r.header("Content-Type"), len(r.body) > 0)
     assert result.returncode == 0, result.stderr
     assert "REFUSED" in result.stdout and "flowtrail[otlp]" in result.stdout
     assert "JSON application/json True" in result.stdout
+
+
+def test_assembled_protobuf_is_the_message_the_official_classes_build():
+    records, spans = sample_records()
+    logs, finished = fmt.split([*records, *spans])
+    many = [
+        msgspec.structs.replace(logs[i % 2], message=f"m {i}", lineno=i % 3) for i in range(300)
+    ]
+    encoder = fmt.OTLPEncoder(fmt.resource_attributes("svc", environ={}))
+    for _ in range(2):  # the second time from the cache of shared attributes
+        got = ExportLogsServiceRequest.FromString(encoder.logs_protobuf(many))
+        assert got == ExportLogsServiceRequest(**encoder.logs_dict(many))
+        assert len(got.resource_logs[0].scope_logs[0].log_records) == 300
+        got_spans = ExportTraceServiceRequest.FromString(encoder.traces_protobuf(finished * 50))
+        assert got_spans == ExportTraceServiceRequest(**encoder.traces_dict(finished * 50))
+    # A record whose serialized form needs a multi-byte length.
+    (big,) = [msgspec.structs.replace(logs[0], message="x" * 100_000)]
+    parsed = ExportLogsServiceRequest.FromString(encoder.logs_protobuf([big]))
+    assert parsed.resource_logs[0].scope_logs[0].log_records[0].body.string_value == "x" * 100_000
