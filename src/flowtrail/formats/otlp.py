@@ -126,16 +126,20 @@ _SPAN_SHARED: Final[tuple[str, ...]] = (
     "process",
     "thread",
     "workflow_name",
-    "job_name",
-    "stage_name",
     "hostname",
 )
-_SPAN_UNIQUE: Final[tuple[str, ...]] = (
-    "cpu_time_ms",
-    "cpu_percent",
-    "memory_start_mb",
-    "memory_end_mb",
+#: Span fields sent from the cache of repeating values (names, memory) and as they are
+#: (CPU use).
+_SPAN_REPEATING: Final[tuple[tuple[str, str], ...]] = tuple(
+    (name, f"flowtrail.{name}") for name in ("memory_start_mb", "memory_end_mb")
 )
+_SPAN_NAMES: Final[tuple[tuple[str, str], ...]] = tuple(
+    (name, f"flowtrail.{name}") for name in ("job_name", "stage_name")
+)
+_SPAN_FLOATS: Final[tuple[tuple[str, str], ...]] = tuple(
+    (name, f"flowtrail.{name}") for name in ("cpu_time_ms", "cpu_percent")
+)
+_STATUS: Final[dict[str, dict[str, int]]] = {"ok": {"code": 1}, "unset": {"code": 0}}
 #: The attribute name of each record and span field.
 ATTRIBUTE_NAMES: Final[dict[str, str]] = {
     name: RECORD_ATTRIBUTES.get(name, f"flowtrail.{name}")
@@ -369,6 +373,7 @@ class OTLPEncoder:
             self._same["host.ip"] = ips[0]
         self._kv: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._shared_cache: dict[tuple[Any, ...], list[Any]] = {}
+        self._attribute_cache: dict[tuple[Any, ...], bytes] = {}
         self._seconds: dict[str, int] = {}
         self._proto: Any = None
 
@@ -513,13 +518,28 @@ class OTLPEncoder:
         result["attributes"] = shared + result.get("attributes", [])
         return result
 
-    def _span_fields(self, span: Span) -> dict[str, Any]:
-        """A span's own fields (all but the shared attributes)."""
+    def _span_fields(self, span: Span, with_repeating: bool = True) -> dict[str, Any]:
+        """A span's own fields (all but the shared attributes; without the repeating
+        ones when ``with_repeating`` is false: see `traces_protobuf`)."""
         attributes = []
-        for name in _SPAN_UNIQUE:
+        if with_repeating:
+            entry = self._entry
+            for name, key in _SPAN_REPEATING:
+                value = getattr(span, name)
+                if value is not None:
+                    attributes.append(entry(key, value))
+        for name, key in _SPAN_NAMES:
+            value = getattr(span, name)
+            if value:
+                attributes.append({"key": key, "value": any_value(value)})
+        for name, key in _SPAN_FLOATS:
             value = getattr(span, name)
             if value is not None:
-                attributes.append({"key": ATTRIBUTE_NAMES[name], "value": any_value(value)})
+                attributes.append(
+                    {"key": key, "value": {"double_value": value}}
+                    if value.__class__ is float
+                    else {"key": key, "value": any_value(value)}
+                )
         if span.attributes:
             attributes.extend(key_values(span.attributes))
         result: dict[str, Any] = {
@@ -529,26 +549,40 @@ class OTLPEncoder:
             "kind": SPAN_KINDS.get(span.kind, 1),
             "start_time_unix_nano": span.start_ns,
             "end_time_unix_nano": span.end_ns,
+            "attributes": attributes,
         }
-        if attributes:
-            result["attributes"] = attributes
         parent = _id_bytes(span.parent_span_id, 8)
         if parent is not None:
             result["parent_span_id"] = parent
-        status: dict[str, Any] = {"code": STATUS_CODES.get(span.status, 0)}
-        if span.status == "error" and span.status_message:
-            status["message"] = span.status_message
+        status: dict[str, Any] | None = _STATUS.get(span.status)
+        if status is None:
+            status = {"code": STATUS_CODES.get(span.status, 0)}
+            if span.status_message:
+                status["message"] = span.status_message
         result["status"] = status
         if span.events:
             result["events"] = [self._event(event) for event in span.events]
         return result
+
+    def _attribute_bytes(self, key: str, value: Any) -> bytes:
+        """A span's ``attributes`` entry for a repeating value, serialized (by the
+        official ``Span`` message) once."""
+        cache_key = (key, value, value.__class__)
+        data = self._attribute_cache.get(cache_key)
+        if data is None:
+            if len(self._attribute_cache) >= 8192:
+                self._attribute_cache.clear()
+            data = self._attribute_cache[cache_key] = self.proto.span(
+                attributes=[{"key": key, "value": any_value(value)}]
+            ).SerializeToString()
+        return data
 
     def span(self, span: Span) -> dict[str, Any]:
         """One finished span as an OTLP ``Span`` dict (protobuf field names): the shared
         attributes first, then the span's own."""
         shared = self._shared(_span_shared_key(span), _SPAN_SHARED, self._span_shared)[0]
         result = self._span_fields(span)
-        result["attributes"] = shared + result.get("attributes", [])
+        result["attributes"] = shared + result["attributes"]
         return result
 
     def _event(self, event: Any) -> dict[str, Any]:
@@ -639,12 +673,21 @@ class OTLPEncoder:
         fields = self._span_fields
         tag = proto.tag_spans
         parts: list[bytes] = []
+        cached = self._attribute_cache
+        attribute = self._attribute_bytes
         for span in spans:
             found = shared(_span_shared_key(span), _SPAN_SHARED, self._span_shared)
             head = found[1]
             if head is None:
                 head = found[1] = message(attributes=found[0]).SerializeToString()
-            data = head + message(**fields(span)).SerializeToString()
+            pieces = [head]
+            for name, key in _SPAN_REPEATING:
+                value = getattr(span, name)
+                if value is not None:
+                    piece = cached.get((key, value, value.__class__))
+                    pieces.append(piece if piece is not None else attribute(key, value))
+            pieces.append(message(**fields(span, False)).SerializeToString())
+            data = b"".join(pieces)
             parts += (tag, _varint(len(data)), data)
         return self._assemble(
             parts,
