@@ -10,6 +10,7 @@ import asyncio
 import base64
 import gzip
 import json
+import logging
 import socket
 import threading
 import time
@@ -370,7 +371,8 @@ def test_every_record_and_span_arrives_at_oteltap_with_ids_parents_attributes_re
     validate = next(s for s in tap.spans if s.name == "validate")
     assert validate.status.code == 2 and "bad row 7" in validate.status.message
     assert attributes(validate)["rows"] == 10
-    assert attributes(validate)["flowtrail.stage_name"] == "validate"
+    # A stage's own name is its span name; spans inside a stage carry the stage's name.
+    assert "flowtrail.stage_name" not in attributes(validate)
     (exception,) = [e for e in validate.events if e.name == "exception"]
     assert attributes(exception)["exception.type"] == "ValueError"
     logged = [attributes(e)["message"] for e in validate.events if e.name == "log"]
@@ -711,6 +713,8 @@ def sample_records() -> tuple[list[Metadata], list[Span]]:
             status="error",
             status_message="boom",
             attributes={"http.method": "GET", "bytes": b"\x00\x01"},
+            stage_name="validate",
+            cpu_percent=12.5,
         ),
         Span(run_id="r1", trace_id="0af7651916cd43dd8448eb211c80319c", span_id="1", name="open"),
     ]
@@ -745,7 +749,11 @@ def test_encoding_is_pure_and_json_matches_the_protobuf_message():
     assert span["kind"] == 3 and span["status"] == {"code": 2, "message": "boom"}
     assert span["parentSpanId"] == "00f067aa0ba902b7"
     assert span["startTimeUnixNano"] == "1000" and span["endTimeUnixNano"] == "5000"
-    assert json_attributes(span["attributes"])["bytes"] == "AAE="
+    span_attributes = json_attributes(span["attributes"])
+    assert span_attributes["bytes"] == "AAE=" and span_attributes["http.method"] == "GET"
+    assert span_attributes["flowtrail.stage_name"] == "validate"
+    assert span_attributes["flowtrail.cpu_percent"] == 12.5
+    assert span_attributes["flowtrail.kind"] == "client"
 
 
 def test_code_attribute_names_follow_the_semconv_opt_in(monkeypatch):
@@ -804,3 +812,39 @@ def test_assembled_protobuf_is_the_message_the_official_classes_build():
     (big,) = [msgspec.structs.replace(logs[0], message="x" * 100_000)]
     parsed = ExportLogsServiceRequest.FromString(encoder.logs_protobuf([big]))
     assert parsed.resource_logs[0].scope_logs[0].log_records[0].body.string_value == "x" * 100_000
+
+
+def test_trace_type_shortcut_and_the_direct_logging_handler_form(collector, tmp_path):
+    trace = get_trace(
+        "run-trace-type",
+        extras={
+            "trace_type": "otlp",
+            "endpoint": collector.url,
+            "service_name": "from-extras",
+            "flush_interval": 0.05,
+            "spool_dir": str(tmp_path / "spool"),
+        },
+    )
+    trace.info("via trace_type")
+    assert trace.flush(30)
+    handler = OTLPHandler(
+        run_id="run-direct", endpoint=collector.url, spool_dir=str(tmp_path / "spool2")
+    )
+    logger = logging.getLogger("flowtrail-test-otlp-direct")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        logger.warning("via logging %s", 1)
+        assert handler.flush(30)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert sorted(collector.bodies()) == ["via logging 1", "via trace_type"]
+    services = {
+        json_attributes(data["resourceLogs"][0]["resource"]["attributes"])["service.name"]
+        for _, _, _, data in collector.requests
+    }
+    assert services == {"from-extras", "flowtrail"}
+    (direct,) = [r for r in collector.log_records() if r["body"]["stringValue"] == "via logging 1"]
+    assert json_attributes(direct["attributes"])["flowtrail.run_id"] == "run-direct"
+    assert direct["severityNumber"] == 13

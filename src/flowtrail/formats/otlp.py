@@ -131,14 +131,12 @@ _SPAN_SHARED: Final[tuple[str, ...]] = (
 #: Span fields sent from the cache of repeating values (names, memory) and as they are
 #: (CPU use).
 _SPAN_REPEATING: Final[tuple[tuple[str, str], ...]] = tuple(
-    (name, f"flowtrail.{name}") for name in ("memory_start_mb", "memory_end_mb")
+    (name, f"flowtrail.{name}") for name in ("memory_start_mb", "memory_end_mb", "cpu_percent")
 )
 _SPAN_NAMES: Final[tuple[tuple[str, str], ...]] = tuple(
     (name, f"flowtrail.{name}") for name in ("job_name", "stage_name")
 )
-_SPAN_FLOATS: Final[tuple[tuple[str, str], ...]] = tuple(
-    (name, f"flowtrail.{name}") for name in ("cpu_time_ms", "cpu_percent")
-)
+_SPAN_FLOATS: Final[tuple[tuple[str, str], ...]] = (("cpu_time_ms", "flowtrail.cpu_time_ms"),)
 _STATUS: Final[dict[str, dict[str, int]]] = {"ok": {"code": 1}, "unset": {"code": 0}}
 #: The attribute name of each record and span field.
 ATTRIBUTE_NAMES: Final[dict[str, str]] = {
@@ -530,7 +528,7 @@ class OTLPEncoder:
                     attributes.append(entry(key, value))
         for name, key in _SPAN_NAMES:
             value = getattr(span, name)
-            if value:
+            if value and value != span.name:  # a stage's (job's) own name is its name
                 attributes.append({"key": key, "value": any_value(value)})
         for name, key in _SPAN_FLOATS:
             value = getattr(span, name)
