@@ -46,17 +46,28 @@ def _load() -> tuple[Any, Any] | None:
     return trace, context
 
 
-def otel_parent() -> TraceParent | None:
-    """OpenTelemetry's current span as a parent (its trace id, span id and sampled
-    flag), or None when there is none, or OpenTelemetry is not imported."""
+def otel_current() -> Any:
+    """OpenTelemetry's current span object (None when OpenTelemetry is not imported
+    or has none). Compare it with `attached_span` before paying for `parent_of`."""
     if _modules.get(_TRACE) is None:
         return None
     api = _load()
     if api is None:
         return None
     try:
-        span_context = api[0].get_current_span().get_span_context()
+        return api[0].get_current_span()
     except Exception:  # another library's broken context must not break a workflow
+        return None
+
+
+def parent_of(span: Any) -> TraceParent | None:
+    """An OpenTelemetry span as a parent (its trace id, span id and sampled flag), or
+    None if it has no valid ids."""
+    if span is None:
+        return None
+    try:
+        span_context = span.get_span_context()
+    except Exception:
         return None
     if not span_context.is_valid:
         return None
@@ -67,10 +78,16 @@ def otel_parent() -> TraceParent | None:
     )
 
 
+def otel_parent() -> TraceParent | None:
+    """OpenTelemetry's current span as a parent, or None when there is none, or
+    OpenTelemetry is not imported."""
+    return parent_of(otel_current())
+
+
 def attach(trace_id: str, span_id: str, sampled: bool) -> Any:
     """Make the span with these ids OpenTelemetry's current span (in the current
-    context, keeping its other values); returns the token for `detach`, or None when
-    OpenTelemetry is not imported."""
+    context, keeping its other values). Returns what `detach` and `attached_span` take,
+    or None when OpenTelemetry is not imported."""
     if _modules.get(_TRACE) is None:
         return None
     api = _load()
@@ -78,15 +95,36 @@ def attach(trace_id: str, span_id: str, sampled: bool) -> Any:
         return None
     trace, context = api
     try:
-        span_context = trace.SpanContext(
-            int(trace_id, 16),
-            int(span_id, 16),
-            is_remote=False,
-            trace_flags=trace.TraceFlags(1 if sampled else 0),
+        if _last_trace[0] != trace_id:
+            _last_trace[:] = [trace_id, int(trace_id, 16)]
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(
+                _last_trace[1],
+                int(span_id, 16),
+                is_remote=False,
+                trace_flags=_flags(trace, sampled),
+            )
         )
-        return context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+        return (context.attach(trace.set_span_in_context(span)), span)
     except Exception:
         return None
+
+
+#: The trace id last attached, as text and as a number (spans of a trace share it).
+_last_trace: list[Any] = ["", 0]
+_trace_flags: dict[bool, Any] = {}
+
+
+def _flags(trace: Any, sampled: bool) -> Any:
+    flags = _trace_flags.get(sampled)
+    if flags is None:
+        flags = _trace_flags[sampled] = trace.TraceFlags(1 if sampled else 0)
+    return flags
+
+
+def attached_span(attached: Any) -> Any:
+    """The OpenTelemetry span object `attach` made current."""
+    return attached[1]
 
 
 def suppress_instrumentation() -> Any:
@@ -108,12 +146,14 @@ def suppress_instrumentation() -> Any:
         return None
 
 
-def detach(token: Any) -> None:
-    """Undo `attach`. Quiet when the span ends in another context than it started in
-    (another task or thread): that context's value is not this one's to reset."""
+def detach(attached: Any) -> None:
+    """Undo `attach` (or `suppress_instrumentation`). Quiet when the span ends in
+    another context than it started in (another task or thread): that context's
+    value is not this one's to reset."""
     api = _load()
     if api is None:
         return
+    token = attached[0] if isinstance(attached, tuple) else attached
     runtime = getattr(api[1], "_RUNTIME_CONTEXT", None)
     try:
         if runtime is not None:
@@ -124,4 +164,13 @@ def detach(token: Any) -> None:
         pass
 
 
-__all__ = ["attach", "detach", "otel_loaded", "otel_parent", "suppress_instrumentation"]
+__all__ = [
+    "attach",
+    "attached_span",
+    "detach",
+    "otel_current",
+    "otel_loaded",
+    "otel_parent",
+    "parent_of",
+    "suppress_instrumentation",
+]

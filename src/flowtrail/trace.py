@@ -61,7 +61,7 @@ from flowtrail.lifecycle import (
     on_terminate,
 )
 from flowtrail.logrecords import record_level
-from flowtrail.otelbridge import otel_parent
+from flowtrail.otelbridge import attached_span, otel_current, parent_of
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent, json_safe
 from flowtrail.spans import (
@@ -278,10 +278,13 @@ def _in_otel_span(record: Metadata, context: ActiveContext | None) -> Metadata:
     """The record with the ids of OpenTelemetry's current span when that span is not
     the open flowtrail span (`flowtrail.otelbridge`): outside flowtrail spans, or in a
     span an instrumented library started inside one."""
-    outer = otel_parent()
+    current = otel_current()
+    live = context.live if context is not None else None
+    if live is not None and live._otel is not None and current is attached_span(live._otel):
+        return record  # OpenTelemetry's current span is the open flowtrail span
+    outer = parent_of(current)
     if outer is None:
         return record
-    live = context.live if context is not None else None
     if live is None:
         return _replace(record, trace_id=outer.trace_id, span_id=outer.span_id)
     if outer.span_id != live.span_id and outer.trace_id == live.trace_id:
@@ -611,7 +614,15 @@ class Trace:
         """A span whose parent may be OpenTelemetry's current span: outside any flowtrail
         span, it joins that span's trace as its child; inside one, a span that
         OpenTelemetry started inside it (an instrumented library's) is its parent."""
-        outer = otel_parent()
+        current = otel_current()
+        if (
+            parent is not None
+            and parent._otel is not None
+            and current is attached_span(parent._otel)
+        ):
+            outer = None  # OpenTelemetry's current span is the flowtrail parent itself
+        else:
+            outer = parent_of(current)
         if outer is None or (parent is not None and outer.span_id == parent.span_id):
             return LiveSpan(self, kind, name, attributes, parent, self._remote)
         if parent is None:
