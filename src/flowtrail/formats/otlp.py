@@ -542,7 +542,8 @@ class OTLPEncoder:
             attributes.extend(key_values(span.attributes))
         result: dict[str, Any] = {
             "trace_id": _id_bytes(span.trace_id, 16) or b"",
-            "span_id": _id_bytes(span.span_id, 8) or b"",
+            # A span's own id is new each time: parsed, not looked up.
+            "span_id": _parse_id(span.span_id, 8) or b"",
             "name": span.name,
             "kind": SPAN_KINDS.get(span.kind, 1),
             "start_time_unix_nano": span.start_ns,
