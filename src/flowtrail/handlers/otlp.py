@@ -49,7 +49,7 @@ from flowtrail.formats.otlp import (
     split,
 )
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig
-from flowtrail.pipeline import PartialExport, report_once
+from flowtrail.pipeline import PartialExport, Pipeline, report_once
 from flowtrail.records import Metadata
 
 #: The answers the OTLP/HTTP specification says may pass when sent again.
@@ -337,6 +337,31 @@ class OTLPHandler(BaseHandler):
         headers = [(k, v) for k, v in headers if k.lower() not in names]
         headers.extend(settings.headers)
         return Request("POST", settings.url, tuple(headers), body, tuple(items))
+
+    def pipeline(self, strict: bool = False) -> Pipeline:
+        """The process's pipeline for this handler, its exporter made ready to send
+        (messages loaded, encoder and HTTP clients made) when the pipeline is first
+        used: once per process and configuration, at ``get_trace`` rather than under
+        the first batch while the workflow runs."""
+        pipeline = super().pipeline(strict)
+        exporter = pipeline.exporter
+        if isinstance(exporter, OTLPHandler) and "_ready" not in exporter.__dict__:
+            exporter.__dict__["_ready"] = True
+            exporter.prepare()
+        return pipeline
+
+    def prepare(self) -> None:
+        """Load the messages and make the encoder and the HTTP clients now. A failure
+        is left for the first send to report (the caller never gets an error here)."""
+        try:
+            encoder = self.encoder
+            for signal in ("logs", "traces"):
+                if getattr(self.config, signal):
+                    if self.signal(signal).protocol == "http/protobuf":
+                        encoder.proto  # noqa: B018 - loads the messages
+                    self.delivery(signal).client  # noqa: B018 - makes the client
+        except Exception:
+            pass
 
     # ------------------------------------------------------------------ worker side
     def _secrets(self) -> tuple[str, ...]:
