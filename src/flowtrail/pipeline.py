@@ -350,11 +350,12 @@ class Pipeline:
         if len(queue) >= self._limit:
             self._submit_slow(record)
             return
-        try:
-            big = len(record.message) > _BIG_MESSAGE
-        except AttributeError:  # a span: no message
-            big = False
-        if big and not self._count_bytes(len(record.message)):
+        message = getattr(record, "message", None)  # a span has none
+        if (
+            message is not None
+            and len(message) > _BIG_MESSAGE
+            and not self._count_bytes(len(message))
+        ):
             self._submit_slow(record)
             return
         queue.append(record)

@@ -516,16 +516,10 @@ class OTLPEncoder:
         result["attributes"] = shared + result.get("attributes", [])
         return result
 
-    def _span_fields(self, span: Span, with_repeating: bool = True) -> dict[str, Any]:
-        """A span's own fields (all but the shared attributes; without the repeating
-        ones when ``with_repeating`` is false: see `traces_protobuf`)."""
+    def _span_own_attributes(self, span: Span) -> list[dict[str, Any]]:
+        """A span's attributes that are its own: the job and stage it is in (when not
+        itself), its CPU time, and the attributes the user gave."""
         attributes = []
-        if with_repeating:
-            entry = self._entry
-            for name, key in _SPAN_REPEATING:
-                value = getattr(span, name)
-                if value is not None:
-                    attributes.append(entry(key, value))
         for name, key in _SPAN_NAMES:
             value = getattr(span, name)
             if value and value != span.name:  # a stage's (job's) own name is its name
@@ -540,9 +534,26 @@ class OTLPEncoder:
                 )
         if span.attributes:
             attributes.extend(key_values(span.attributes))
+        return attributes
+
+    @staticmethod
+    def _status(span: Span) -> dict[str, Any]:
+        status: dict[str, Any] = {"code": STATUS_CODES.get(span.status, 0)}
+        if span.status_message:
+            status["message"] = span.status_message
+        return status
+
+    def _span_fields(self, span: Span) -> dict[str, Any]:
+        """A span's own fields (all but the shared attributes)."""
+        entry = self._entry
+        attributes: list[Any] = []
+        for name, key in _SPAN_REPEATING:
+            value = getattr(span, name)
+            if value is not None:
+                attributes.append(entry(key, value))
+        attributes += self._span_own_attributes(span)
         result: dict[str, Any] = {
             "trace_id": _id_bytes(span.trace_id, 16) or b"",
-            # A span's own id is new each time: parsed, not looked up.
             "span_id": _parse_id(span.span_id, 8) or b"",
             "name": span.name,
             "kind": SPAN_KINDS.get(span.kind, 1),
@@ -553,12 +564,7 @@ class OTLPEncoder:
         parent = _id_bytes(span.parent_span_id, 8)
         if parent is not None:
             result["parent_span_id"] = parent
-        status: dict[str, Any] | None = _STATUS.get(span.status)
-        if status is None:
-            status = {"code": STATUS_CODES.get(span.status, 0)}
-            if span.status_message:
-                status["message"] = span.status_message
-        result["status"] = status
+        result["status"] = _STATUS.get(span.status) or self._status(span)
         if span.events:
             result["events"] = [self._event(event) for event in span.events]
         return result
@@ -669,11 +675,13 @@ class OTLPEncoder:
         proto = self.proto
         message = proto.span
         shared = self._shared
-        fields = self._span_fields
         tag = proto.tag_spans
         parts: list[bytes] = []
         cached = self._attribute_cache
         attribute = self._attribute_bytes
+        own = self._span_own_attributes
+        ids = _ids
+        kinds = SPAN_KINDS
         for span in spans:
             found = shared(_span_shared_key(span), _SPAN_SHARED, self._span_shared)
             head = found[1]
@@ -685,7 +693,26 @@ class OTLPEncoder:
                 if value is not None:
                     piece = cached.get((key, value, value.__class__))
                     pieces.append(piece if piece is not None else attribute(key, value))
-            pieces.append(message(**fields(span, False)).SerializeToString())
+            # The fields of `_span_fields` without the repeating attributes, passed
+            # straight to the constructor.
+            parent_id = span.parent_span_id
+            status = _STATUS.get(span.status) or self._status(span)
+            pieces.append(
+                message(
+                    trace_id=ids.get(span.trace_id) or _id_bytes(span.trace_id, 16) or b"",
+                    span_id=_parse_id(span.span_id, 8) or b"",
+                    parent_span_id=(ids.get(parent_id) or _id_bytes(parent_id, 8) or b"")
+                    if parent_id
+                    else b"",
+                    name=span.name,
+                    kind=kinds.get(span.kind, 1),
+                    start_time_unix_nano=span.start_ns,
+                    end_time_unix_nano=span.end_ns,
+                    attributes=own(span),
+                    status=status,
+                    events=[self._event(event) for event in span.events] if span.events else (),
+                ).SerializeToString()
+            )
             data = b"".join(pieces)
             parts += (tag, _varint(len(data)), data)
         return self._assemble(
