@@ -375,11 +375,12 @@ class Pipeline:
         if len(queue) >= self._limit:
             self._submit_slow(record)
             return
-        try:
-            big = len(record.message) > _BIG_MESSAGE
-        except AttributeError:  # a span: no message
-            big = False
-        if big and not self._count_bytes(len(record.message)):
+        message = getattr(record, "message", None)  # a span has none
+        if (
+            message is not None
+            and len(message) > _BIG_MESSAGE
+            and not self._count_bytes(len(message))
+        ):
             self._submit_slow(record)
             return
         queue.append(record)
@@ -614,6 +615,9 @@ class Pipeline:
         still queued goes to the spool (a batch the store is busy with stays with the
         worker, which spools it if the store fails) and False is returned."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        exit_deadline = _exit_deadline[0]
+        if exit_deadline is not None:  # at exit (a handler closed by logging.shutdown)
+            deadline = exit_deadline if deadline is None else min(deadline, exit_deadline)
         done = self.flush(timeout)
         worker = self._worker
         self._stop.set()
