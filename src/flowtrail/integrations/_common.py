@@ -146,23 +146,31 @@ class Patches:
     never instances: engines copy their instances (PocketFlow copies each node per run)."""
 
     def __init__(self) -> None:
-        self._saved: list[tuple[type, str, Any]] = []
+        self._saved: list[tuple[Any, str, Any]] = []
 
     def __bool__(self) -> bool:
         return bool(self._saved)
 
-    def replace(self, cls: type, name: str, make: Callable[[Any], Any]) -> None:
-        """Set ``cls.name`` to ``make(original)`` where ``cls`` itself defines ``name``."""
-        original = cls.__dict__.get(name)
+    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        """Set ``owner.name`` to ``make(original)`` where ``owner`` (a class, or a module
+        for a name it imported) itself defines ``name``."""
+        original = vars(owner).get(name)
         if original is None:
             return
         replacement = make(original)
-        replacement.__flowtrail_original__ = original
-        self._saved.append((cls, name, original))
-        setattr(cls, name, replacement)
+        try:
+            replacement.__flowtrail_original__ = original
+        except (AttributeError, TypeError):  # a built-in callable
+            pass
+        self._saved.append((owner, name, original))
+        setattr(owner, name, replacement)
+
+    def replaced(self, owner: Any, name: str) -> bool:
+        """Whether ``owner.name`` is one of ours."""
+        return any(o is owner and n == name for o, n, _ in self._saved)
 
     def undo(self) -> None:
         """Put every original back, newest first."""
         while self._saved:
-            cls, name, original = self._saved.pop()
-            setattr(cls, name, original)
+            owner, name, original = self._saved.pop()
+            setattr(owner, name, original)
