@@ -78,13 +78,17 @@ class TraceSource:
         parent_run_id: str | None = None,
         *,
         workflow_name: str | None = None,
+        **context: Any,
     ) -> Trace:
-        """A trace for one run of the engine."""
+        """A trace for one run of the engine (``context``: ``traceparent``/``baggage``
+        of the run it continues)."""
         options = dict(self.options)
         extras = dict(options.pop("extras", None) or {})
         if workflow_name is not None:
             extras.setdefault("workflow_name", workflow_name)
-        return get_trace(run_id or new_run_id(self.prefix), parent_run_id, extras=extras, **options)
+        return get_trace(
+            run_id or new_run_id(self.prefix), parent_run_id, extras=extras, **options, **context
+        )
 
     def for_run(self, workflow_name: str | None = None) -> Trace:
         """The enclosing trace, else a new one."""
