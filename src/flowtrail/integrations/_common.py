@@ -111,7 +111,8 @@ class LogBridge:
     once: a handler on the root logger before the program's ``logging.basicConfig()``
     would make that call do nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, factory: Callable[[], FlowtrailLogHandler] = FlowtrailLogHandler) -> None:
+        self.factory = factory
         self.handler: FlowtrailLogHandler | None = None
         self.logger: logging.Logger | None = None
         self.wanted: str | logging.Logger | None | bool = False  # False: not wanted
@@ -133,7 +134,7 @@ class LogBridge:
             target = logging.getLogger(wanted if isinstance(wanted, str) else None)
         if any(isinstance(h, FlowtrailLogHandler) for h in target.handlers):
             return  # the user bridged it already: records would be written twice
-        self.handler = FlowtrailLogHandler()
+        self.handler = self.factory()
         self.logger = target
         target.addHandler(self.handler)
 
