@@ -31,7 +31,7 @@ import contextvars
 import logging
 from typing import Any
 
-from flowtrail.context import parse_baggage
+from flowtrail.context import TraceParent, current_run, parse_baggage, parse_traceparent
 from flowtrail.integrations._common import (
     LogBridge,
     TraceSource,
@@ -58,6 +58,13 @@ _bridge = LogBridge()
 _bridged: list[tuple[logging.Logger, logging.Handler]] = []
 #: Executions in progress in this process: task id -> (trace, span, context token).
 _running: dict[str, tuple[Trace, LiveSpan, contextvars.Token[Any] | None]] = {}
+#: Traces by (run id, parent run id, trace id), oldest first.
+_traces: dict[tuple[str, str | None, str | None], Trace] = {}
+_TRACE_CACHE = 1024
+#: Parsed (traceparent, baggage) headers, by their text.
+_parsed: dict[
+    tuple[str | None, str | None], tuple[TraceParent | None, tuple[tuple[str, str], ...]]
+] = {}
 #: Why an execution failed or is retried (task_failure / task_retry), until it ends.
 _failed: dict[str, BaseException] = {}
 #: The id of the task executing in this context (its retries keep their headers).
@@ -113,6 +120,7 @@ def uninstrument() -> None:
     _bridged.clear()
     _bridge.remove()
     _source.clear()
+    _traces.clear()
 
 
 def instrumented() -> bool:
@@ -166,21 +174,15 @@ def _prerun(
     trace: Trace | None = None
     if getattr(request, "is_eager", False):
         trace = source.enclosing()
+    remote: TraceParent | None = None
     if trace is None:
-        traceparent = _header(request, "traceparent")
-        baggage = parse_baggage(_header(request, "baggage"))
+        remote, baggage = _context(_header(request, "traceparent"), _header(request, "baggage"))
         run_id = dict(baggage).get(_RUN_KEY)
         parent_run_id = None
         if run_id is None:
             run_id = task_id
             parent_run_id = getattr(request, "parent_id", None)
-        trace = source.new(
-            run_id,
-            parent_run_id,
-            workflow_name=None,
-            traceparent=traceparent,
-            baggage={k: v for k, v in baggage if k != _RUN_KEY},
-        )
+        trace = _trace_for(source, run_id, parent_run_id, remote, baggage)
     delivery = getattr(request, "delivery_info", None) or {}
     attributes = {
         "celery.task_id": task_id,
@@ -190,8 +192,50 @@ def _prerun(
     queue = delivery.get("routing_key")
     if queue:
         attributes["celery.queue"] = queue
-    live = trace._start_span("task", getattr(task, "name", None) or str(sender), attributes)
+    name = getattr(task, "name", None) or str(sender)
+    if remote is None:
+        live = trace._start_span("task", name, attributes)
+    else:  # the sender's span is the parent, whichever task of the run made the trace
+        live = LiveSpan(trace, "task", name, attributes, None, remote)
+        live._enter(current_run.get())
     _running[task_id] = (trace, live, _task_id.set(task_id))
+
+
+def _context(
+    traceparent: str | None, baggage: str | None
+) -> tuple[TraceParent | None, tuple[tuple[str, str], ...]]:
+    """The parsed headers (the tasks of a run carry the same ones: parsed once)."""
+    key = (traceparent, baggage)
+    found = _parsed.get(key)
+    if found is None:
+        if len(_parsed) >= _TRACE_CACHE:
+            _parsed.pop(next(iter(_parsed)), None)
+        found = _parsed[key] = (parse_traceparent(traceparent), parse_baggage(baggage))
+    return found
+
+
+def _trace_for(
+    source: TraceSource,
+    run_id: str,
+    parent_run_id: str | None,
+    remote: TraceParent | None,
+    baggage: tuple[tuple[str, str], ...],
+) -> Trace:
+    """The trace of a run in this process: made once per run and trace id (making one
+    costs more than a span), shared by the tasks of the run it executes."""
+    key = (run_id, parent_run_id, remote.trace_id if remote is not None else None)
+    trace = _traces.get(key)
+    if trace is None:
+        if len(_traces) >= _TRACE_CACHE:
+            _traces.pop(next(iter(_traces)), None)
+        trace = _traces[key] = source.new(
+            run_id,
+            parent_run_id,
+            workflow_name=None,
+            traceparent=remote.header() if remote is not None else None,
+            baggage={k: v for k, v in baggage if k != _RUN_KEY},
+        )
+    return trace
 
 
 def _postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
@@ -242,6 +286,7 @@ def _process_init(**_: Any) -> None:
     # A prefork child starts with the parent's state: its executions are not ours.
     _running.clear()
     _failed.clear()
+    _traces.clear()
 
 
 def _process_shutdown(**_: Any) -> None:

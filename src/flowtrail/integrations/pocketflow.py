@@ -41,6 +41,7 @@ from flowtrail.integrations._common import (
     require,
     trace_of,
 )
+from flowtrail.records import SpanEvent
 from flowtrail.spans import LiveSpan
 from flowtrail.trace import Trace
 
@@ -140,12 +141,13 @@ def node_id(node: Any, kind_name: str) -> str:
 
 
 def _config(node: Any) -> str:
-    params = getattr(node, "params", None) or {}
+    params = getattr(node, "params", None)
     retries = getattr(node, "max_retries", None)
     wait = getattr(node, "wait", None)
-    key = (type(node), retries, wait, id(params))
+    # A flow hands one params dict to all its nodes: its id is the key while it lives.
+    key = (type(node), retries, wait, id(params) if params else 0)
     cached = _configs.get(key)
-    if cached is not None and cached[0] is params:
+    if cached is not None and (cached[0] is params or not params):
         return cached[1]
     values: dict[str, Any] = {"class": type(node).__qualname__}
     if retries is not None:
@@ -187,17 +189,22 @@ def _open(node: Any) -> tuple[Trace, LiveSpan]:
 
 
 def _close(trace: Trace, live: LiveSpan, node: Any, action: Any) -> None:
-    live.add_event("action", action=action if isinstance(action, str) else repr(action))
+    # The two events happen at the same moment: one clock reading for both.
+    when, when_ns = trace._clock.now(), live.now_ns()
+    shown = action if isinstance(action, str) or action is None else repr(action)
+    events = live.events
+    events.append(
+        SpanEvent(name="action", time=when, time_ns=when_ns, attributes={"action": shown})
+    )
     successors: Mapping[str, Any] | None = getattr(node, "successors", None)
     if successors:
         following = successors.get(action or "default")
         if following is None:
-            live.add_event("next", **{"next.id": None, "reason": "no successor for the action"})
+            after: dict[str, Any] = {"next.id": None, "reason": "no successor for the action"}
         else:
             kind_name = node_type(type(following))
-            live.add_event(
-                "next", **{"next.id": node_id(following, kind_name), "next.type": kind_name}
-            )
+            after = {"next.id": node_id(following, kind_name), "next.type": kind_name}
+        events.append(SpanEvent(name="next", time=when, time_ns=when_ns, attributes=after))
     trace._end_span(live, None)
 
 
