@@ -241,6 +241,33 @@ def test_show_prints_seed_004_human_format(store: SQLiteHandler, tmp_path: Path)
     assert any(line.startswith("← workflow.pipeline (") for line in lines)
 
 
+def test_a_fallback_that_returns_recovers_the_node(store: SQLiteHandler) -> None:
+    class GuessNode(pf.Node):
+        def exec(self, prep_res: Any) -> str:
+            raise LookupError("no match")
+
+        def exec_fallback(self, prep_res: Any, exc: Exception) -> str:
+            log.warning("using the default")
+            return "default"
+
+        def post(self, shared: dict[str, Any], prep_res: Any, value: str) -> None:
+            shared["value"] = value
+
+    shared: dict[str, Any] = {}
+    pf.Flow(start=GuessNode(max_retries=2)).run(shared)
+    assert shared["value"] == "default"
+    _, spans, records = only_run(store)
+    attempts = by_name(spans)["attempt.guess"]
+    assert [(a.status, a.attributes.get("fallback")) for a in attempts] == [
+        ("error", None),
+        ("ok", True),
+    ]
+    assert [e.name for e in attempts[1].events if e.name != "log"] == ["exception", "fallback"]
+    assert by_name(spans)["node.guess"][0].status == "ok"
+    assert [r.span_id for r in records if r.message == "using the default"] == [attempts[1].span_id]
+    assert store.runs()[0].status == "ok"
+
+
 def test_async_flow_batch_flow_and_parallel_batch(store: SQLiteHandler) -> None:
     class FetchNode(pf.AsyncNode):
         tries = 0

@@ -8,10 +8,11 @@ for the outermost flow, ``flow.<type>`` for a flow run as a node of another, ``b
 for each parameter set of a batch flow), and every ``Node``, ``AsyncNode`` and ``BatchNode``
 run inside it a ``node.<type>`` span with the attributes ``node.id``, ``node.type`` and
 ``node.config``. A node with ``max_retries > 1`` gets one ``attempt.<type>`` span per call of
-its ``exec`` (the failed ones carry their error); the action the node returned and the node
-it leads to are ``action`` and ``next`` events of its span. Records written inside ``prep``,
-``exec`` and ``post`` (through `current_trace` or the stdlib `logging` module) carry the
-node's span.
+its ``exec`` (the failed ones carry their error; a last attempt whose ``exec_fallback``
+returned a result ends ok with the ``fallback`` attribute and the exception as an event);
+the action the node returned and the node it leads to are ``action`` and ``next`` events
+of its span. Records written inside ``prep``, ``exec`` and ``post`` (through
+`current_trace` or the stdlib `logging` module) carry the node's span.
 
 The node type is the class name in snake case without a ``Node``/``Flow`` suffix
 (``ReadFileNode`` -> ``read_file``); the node id is the node's ``node_id`` (or ``name``)
@@ -317,13 +318,19 @@ def _exec(self: Any, prep_res: Any) -> Any:
         try:
             result = self.exec(prep_res)
         except Exception as exc:
-            last = self.cur_retry == retries - 1
-            if not last:
-                attempt.add_event("retry", wait_s=self.wait)
+            if self.cur_retry == retries - 1:  # the fallback runs inside the last attempt
+                try:
+                    value = self.exec_fallback(prep_res, exc)
+                except BaseException as failure:
+                    trace._end_span(attempt, failure)
+                    _count_attempt(parent)
+                    raise
+                _recovered(trace, attempt, exc)
+                _count_attempt(parent)
+                return value
+            attempt.add_event("retry", wait_s=self.wait)
             trace._end_span(attempt, exc)
             _count_attempt(parent)
-            if last:
-                return self.exec_fallback(prep_res, exc)
             if self.wait > 0:
                 time.sleep(self.wait)
             continue
@@ -359,13 +366,19 @@ async def _exec_async(self: Any, prep_res: Any) -> Any:
         try:
             result = await self.exec_async(prep_res)
         except Exception as exc:
-            last = i == retries - 1
-            if not last:
-                attempt.add_event("retry", wait_s=self.wait)
+            if i == retries - 1:
+                try:
+                    value = await self.exec_fallback_async(prep_res, exc)
+                except BaseException as failure:
+                    trace._end_span(attempt, failure)
+                    _count_attempt(parent)
+                    raise
+                _recovered(trace, attempt, exc)
+                _count_attempt(parent)
+                return value
+            attempt.add_event("retry", wait_s=self.wait)
             trace._end_span(attempt, exc)
             _count_attempt(parent)
-            if last:
-                return await self.exec_fallback_async(prep_res, exc)
             if self.wait > 0:
                 await asyncio.sleep(self.wait)
             continue
@@ -377,6 +390,15 @@ async def _exec_async(self: Any, prep_res: Any) -> Any:
         _count_attempt(parent)
         return result
     return None
+
+
+def _recovered(trace: Trace, attempt: LiveSpan, exc: BaseException) -> None:
+    """The last attempt failed and the node's ``exec_fallback`` returned a result: the
+    attempt keeps its exception as an event and ends ok (the node recovered)."""
+    attempt.record_exception(exc)
+    attempt.set_attribute("fallback", True)
+    attempt.add_event("fallback", reason=f"{type(exc).__qualname__}: {exc}")
+    trace._end_span(attempt, None)
 
 
 def _count_attempt(node_span: LiveSpan) -> None:
