@@ -179,6 +179,31 @@ def test_workflow_jobs_stages_and_attempts(finished_run: Any) -> None:
     assert summary.status == "error"
 
 
+def test_async_stages(store: SQLiteHandler) -> None:
+    import asyncio
+
+    flaky = dd_stages.PyStage.model_validate({"name": "async flaky", "retry": 1, "run": FLAKY})
+    boom = dd_stages.RaiseStage.model_validate({"name": "async boom", "raise": "no disk"})
+
+    async def run() -> list[Any]:
+        return [await flaky.axecute({}, run_id="parent-run"), await boom.axecute({})]
+
+    results = asyncio.run(run())
+    assert [r.status.name for r in results] == ["SUCCESS", "FAILED"]
+    flush_all(10.0)
+    spans = store.find_trace_with_id(results[0].run_id).spans
+    names = spans_by_name(spans)
+    (stage,) = names["stage.async flaky"]
+    attempts = names["attempt.async flaky"]
+    assert (stage.status, stage.parent_run_id) == ("ok", "parent-run")
+    assert [(a.status, a.parent_span_id) for a in attempts] == [
+        ("error", stage.span_id),
+        ("ok", stage.span_id),
+    ]
+    (failed,) = store.find_trace_with_id(results[1].run_id).spans
+    assert (failed.name, failed.status) == ("async boom", "error")
+
+
 def test_show_prints_the_whole_workflow(finished_run: Any, tmp_path: Path) -> None:
     result, _, _, _ = finished_run
     out = cli("show", result.run_id, "--store", f"sqlite:///{tmp_path / 'traces.db'}", cwd=tmp_path)

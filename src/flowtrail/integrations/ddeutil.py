@@ -149,6 +149,7 @@ def instrument(
     _patches.replace(job_mod.Job, "process", _wrap_attempt)
     for cls in _stage_classes(stages_mod.BaseStage):
         _patches.replace(cls, "_execute", _wrap_stage_execute)
+        _patches.replace(cls, "_axecute", _wrap_stage_axecute)
     trace_cls = traces_mod.Trace
     # ddeutil's get_trace validates its own handlers (which flowtrail's replace) for
     # every step: each module that imported it gets one that makes the bare trace.
@@ -328,13 +329,39 @@ def _wrap_attempt(original: Callable[..., Any]) -> Callable[..., Any]:
     return process
 
 
-def _ensure_attempts(cls: type) -> None:
-    """Wrap the ``process`` a stage class runs (once per class, found when it first runs:
-    every stage type defines its own)."""
+def _wrap_async_attempt(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``async_process`` of a stage: one ``attempt`` span per call when it may retry."""
+
+    async def async_process(self: Any, *args: Any, **kwargs: Any) -> Any:
+        parent = open_span()
+        if not getattr(self, "retry", 0) or parent is None or _current.get() is not self:
+            return await original(self, *args, **kwargs)
+        trace = trace_of(parent)
+        number = parent.attributes.get("attempts", 0) + 1
+        parent.set_attribute("attempts", number)
+        attempt = trace._start_span(
+            "attempt", parent.name, {"attempt": number, "max_attempts": self.retry + 1}
+        )
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            trace._end_span(attempt, None if _skipped(exc) else exc)
+            raise
+        _result_status(attempt, result)
+        trace._end_span(attempt, None)
+        return result
+
+    return async_process
+
+
+def _ensure_attempts(cls: type, name: str = "process") -> None:
+    """Wrap the ``process`` (or ``async_process``) a stage class runs (once per class,
+    found when it first runs: every stage type defines its own)."""
+    wrap = _wrap_attempt if name == "process" else _wrap_async_attempt
     for owner in cls.__mro__:
-        if "process" in vars(owner):
-            if not _patches.replaced(owner, "process"):
-                _patches.replace(owner, "process", _wrap_attempt)
+        if name in vars(owner):
+            if not _patches.replaced(owner, name):
+                _patches.replace(owner, name, wrap)
             return
 
 
@@ -347,6 +374,37 @@ def _wrap_stage_execute(original: Callable[..., Any]) -> Callable[..., Any]:
         return inner(self, *args, **kwargs)
 
     return _execute
+
+
+def _wrap_stage_axecute(original: Callable[..., Any]) -> Callable[..., Any]:
+    """The async path (``stage.axecute()``): ``_axecute(params, run_id, context,
+    parent_run_id, event)`` gets the run ids instead of a trace."""
+
+    async def _axecute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        run_id = kwargs.get("run_id", args[1] if len(args) > 1 else None)
+        parent_run_id = kwargs.get("parent_run_id", args[3] if len(args) > 3 else None)
+        if _current.get() is self or not run_id:
+            return await original(self, *args, **kwargs)
+        if getattr(self, "retry", 0):
+            _ensure_attempts(type(self), "async_process")
+        _bridge.ensure()
+        trace = trace_for(run_id, parent_run_id)
+        live = _span_of(self, "stage", trace)
+        token = _current.set(self)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException as exc:
+            _current.reset(token)
+            if _skipped(exc):
+                live.set_attribute("ddeutil.status", "SKIP")
+            trace._end_span(live, None if _skipped(exc) else exc)
+            raise
+        _current.reset(token)
+        _result_status(live, result)
+        trace._end_span(live, None)
+        return result
+
+    return _axecute
 
 
 # ---------------------------------------------------------------- ddeutil's records
