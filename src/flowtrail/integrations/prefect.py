@@ -250,7 +250,8 @@ def _start(span: Any) -> None:
     live.span_id = span_id
     if parent is None and parent_id is not None:
         live.parent_span_id = parent_id  # a parent outside this process (labels)
-    live._enter(current_run.get())
+    # Prefect makes its own span (same ids) OpenTelemetry's current one.
+    live._enter(current_run.get(), otel=False)
     with _lock:
         _by_span[span_id] = live
         if prefect_id:
