@@ -283,7 +283,11 @@ def test_refused_documents_are_dead_lettered_with_their_reason(es_node, tmp_path
         es_request(f"{es_node.url}/{index}/_settings", "PUT", {"index.blocks.write": False})
     assert len(stored(es_node.url, index)) == 1
     failed = list(spool.rglob("*.failed*"))
-    spooled = [p for p in spool.rglob("*") if p.is_file() and p.name != "destination.json"]
+    spooled = [
+        p
+        for p in spool.rglob("*")
+        if p.is_file() and ".jsonl" in p.name and not p.name.endswith(".why")
+    ]
     assert spooled, "refused records must be kept in the spool"
     text = "".join(p.read_text(errors="replace") for p in spooled)
     for i in range(5):
@@ -384,7 +388,7 @@ def test_only_429_and_5xx_items_are_sent_again_and_the_others_dead_lettered(
     kept = "".join(
         p.read_text(errors="replace")
         for p in tmp_path.rglob("*")
-        if p.is_file() and p.name != "destination.json"
+        if p.is_file() and ".jsonl" in p.name and not p.name.endswith(".why")
     )
     assert "m2" in kept and "m1" not in kept and "m3" not in kept
 

@@ -56,7 +56,10 @@ def spooled_lines(spool: Path) -> int:
     return sum(
         len(p.read_bytes().splitlines())
         for p in spool.rglob("*")
-        if p.is_file() and p.name != "destination.json" and ".failed" not in p.name
+        if p.is_file()
+        and ".jsonl" in p.name
+        and not p.name.endswith(".why")
+        and ".failed" not in p.name
     )
 
 

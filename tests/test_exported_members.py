@@ -23,6 +23,7 @@ INTENDED = {
     "MemoryHandler",
     "Message",
     "Metadata",
+    "OTLPHandler",
     "RestAPIHandler",
     "RestAPITrace",
     "RunSummary",

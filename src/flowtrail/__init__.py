@@ -21,6 +21,7 @@ from flowtrail.handlers import (
     make_handler,
 )
 from flowtrail.handlers.base import TraceNotFound
+from flowtrail.handlers.otlp import OTLPHandler
 from flowtrail.pipeline import flush_all
 from flowtrail.records import LEVELS, Message, Metadata, RunSummary, Span, SpanEvent, TraceData
 from flowtrail.spans import LiveSpan
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryHandler",
     "Message",
     "Metadata",
+    "OTLPHandler",
     "RestAPIHandler",
     "RestAPITrace",
     "RunSummary",

@@ -71,6 +71,8 @@ _SECRET_WORDS: Final = (
 #: Whole last parts of names (``dd_api_key``, ``basic_auth``, ``key``) that are secrets.
 _SECRET_ENDINGS: Final = frozenset({"key", "auth", "pwd", "pass", "sig"})
 MASK: Final = "***"
+#: ``NoCredentialsError: Unable to ...`` names an exception, not a secret's field.
+_NOT_NAMES: Final = ("Error", "Exception", "Warning")
 #: ``name: value`` / ``name=value`` / ``"name": "value"`` in free text (invalid JSON,
 #: query strings, headers), and the value after it: a quoted string, a bracketed group
 #: or a word.
@@ -98,7 +100,7 @@ def mask_text(text: str) -> str:
     start = pos = 0
     while (name := _NAME.search(text, pos)) is not None:
         pos = name.end()
-        if not is_secret_key(name[2]):
+        if not is_secret_key(name[2]) or name[2].endswith(_NOT_NAMES):
             continue  # its value may hold secret-looking names: look inside it too
         value = _VALUE.match(text, pos)
         if value is None:

@@ -25,6 +25,7 @@ HANDLER_TYPES: dict[str, Any] = {
     "memory": MemoryHandler,
     "restapi": RestAPIHandler,
     "elastic": ElasticHandler,
+    "otlp": "flowtrail.handlers.otlp:OTLPHandler",
 }
 
 
