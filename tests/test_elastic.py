@@ -67,6 +67,15 @@ def test_the_write_path_never_asks_for_a_refresh_and_compresses() -> None:
     assert handler.config.gzip is True
 
 
+def test_a_backlog_goes_in_requests_of_bulk_docs_whatever_buffer_size() -> None:
+    records = [Metadata(run_id="r", message=f"m{i}") for i in range(2500)]
+    handler = ElasticHandler(hosts="http://127.0.0.1:1", buffer_size=100)
+    assert [len(r.records) for r in handler.format_payload(records)] == [1000, 1000, 500]
+    assert ElasticHandler.max_export_batch == 10_000
+    larger = ElasticHandler(hosts="http://127.0.0.1:1", buffer_size=2000, bulk_docs=500)
+    assert [len(r.records) for r in larger.format_payload(records)] == [2000, 500]
+
+
 def test_store_url_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWTRAIL_ES_PASSWORD", "from-env-secret")
     options = options_from_url(

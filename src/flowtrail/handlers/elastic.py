@@ -4,8 +4,9 @@ templates, several hosts with fail-over, and reading back (`ElasticReader`).
 An `ElasticHandler` is the ``_bulk`` format (`flowtrail.formats.bulk`, pure) plus the
 shared delivery (`flowtrail.delivery`). Plain HTTP, not an official client, so that
 Elasticsearch 7, 8, 9 and OpenSearch 1-3 all work. Records go through the handler's
-pipeline: the caller only appends to a queue; the worker sends batches of at most
-``buffer_size`` documents and ``bulk_bytes`` bytes (gzip), never with ``refresh=true``.
+pipeline: the caller only appends to a queue; the worker sends a batch when
+``buffer_size`` records wait (or every ``flush_interval``), in ``_bulk`` requests of at
+most ``bulk_docs`` documents and ``bulk_bytes`` bytes (gzip), never with ``refresh=true``.
 
 - The index templates (records and spans, seed 002's mapping) are put once per process
   and destination, on the first batch (never on every flush). An existing index whose
@@ -93,6 +94,10 @@ class ElasticConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fi
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    #: Documents of one ``_bulk`` request at most (or ``buffer_size`` if larger): a
+    #: backlog goes in requests this large, whatever ``buffer_size`` says about when to
+    #: send.
+    bulk_docs: Annotated[int, msgspec.Meta(gt=0)] = 1000
     #: Bytes of one ``_bulk`` body (uncompressed) at most.
     bulk_bytes: Annotated[int, msgspec.Meta(gt=0)] = 5 * 1024 * 1024
     gzip: bool = True
@@ -190,6 +195,7 @@ class ElasticHandler(ElasticReader, BaseHandler):
         "spans_index": "an index name (may hold {date})",
         "api_key": "'id:key', [id, key] or the encoded key",
         "bulk_bytes": "a positive number of bytes",
+        "bulk_docs": "a positive integer",
         "dead_node_backoff": "a number of seconds >= 0",
         "connect_timeout": "a positive number of seconds",
         "close_timeout": "a number of seconds >= 0",
@@ -198,6 +204,10 @@ class ElasticHandler(ElasticReader, BaseHandler):
     }
 
     config: ElasticConfig
+
+    #: A backlog is sent in requests of ``bulk_docs`` documents, not ``buffer_size`` ones
+    #: (each request costs the cluster a translog sync).
+    max_export_batch: ClassVar[int | None] = 10_000
 
     @classmethod
     def accepts_type(cls, name: str) -> bool:
@@ -512,7 +522,7 @@ class ElasticHandler(ElasticReader, BaseHandler):
             index=config.index,
             spans_index=self.spans_index,
             seq_start=seq,
-            max_docs=config.buffer_size or config.batch_size,
+            max_docs=max(config.buffer_size or config.batch_size, config.bulk_docs),
             max_bytes=config.bulk_bytes,
             data_stream=config.data_stream,
             transform=transform,
