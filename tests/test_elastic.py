@@ -394,12 +394,16 @@ def test_only_429_and_5xx_items_are_sent_again_and_the_others_dead_lettered(
     assert "m0" not in resent and "m4" not in resent  # written, or already there (409)
     written = {d["message"] for batch in Receiver.seen for d in batch} - Receiver.refuse
     assert written == {"m0", "m1", "m3", "m4"} and Receiver.refuse == {"m2"}
-    kept = "".join(
-        p.read_text(errors="replace")
-        for p in tmp_path.rglob("*")
-        if p.is_file() and ".jsonl" in p.name and not p.name.endswith(".why")
-    )
-    assert "m2" in kept and "m1" not in kept and "m3" not in kept
+    sent = [d["message"] for batch in Receiver.seen for d in batch]
+    assert sent.count("m2") == 1  # refused once: never sent again
+    (failed,) = [p for p in tmp_path.rglob("*.failed")]
+    assert "m2" in failed.read_text() and "m1" not in failed.read_text()
+    why = "".join(p.read_text() for p in tmp_path.rglob("*.why"))
+    assert "reason-400" in why and "bad_thing" in why
+    waiting = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".failed", ".why")
+    ]
+    assert not [p for p in waiting if p.name.endswith(".jsonl")]  # nothing waits to be sent
 
 
 def test_credentials_headers(receiver) -> None:

@@ -43,12 +43,20 @@ from flowtrail.spool import Spool, SpoolFull, kind_of
 
 class PartialExport(Exception):
     """Raised by an exporter that wrote part of a batch: ``failed`` are the records it
-    could not write, ``cause`` why. The pipeline retries or spools only those."""
+    could not write, ``cause`` why. The pipeline retries or spools only those.
+    ``refused`` are records the store refused for good, each with why (a bulk answer's
+    per-item errors): they are set aside as dead letters at once, never sent again."""
 
-    def __init__(self, failed: Sequence[Any], cause: BaseException) -> None:
-        super().__init__(f"{len(failed)} record(s) not written: {cause}")
+    def __init__(
+        self,
+        failed: Sequence[Any],
+        cause: BaseException,
+        refused: Sequence[tuple[Any, BaseException]] = (),
+    ) -> None:
+        super().__init__(f"{len(failed) + len(refused)} record(s) not written: {cause}")
         self.failed = failed
         self.cause = cause
+        self.refused = refused
 
 
 class Exporter(Protocol):
@@ -755,7 +763,19 @@ class Pipeline:
                 self.exporter.export(batch)
         except PartialExport as partial:
             failed = list(partial.failed)
-            return len(batch) - len(failed), failed, _cause(partial)
+            refused = list(partial.refused)
+            if refused:
+                self._count_error(refused[0][1])
+                self.stats.failed_batches += 1
+                by_reason: dict[str, list[Any]] = {}
+                why: dict[str, BaseException] = {}
+                for record, exc in refused:
+                    by_reason.setdefault(str(exc), []).append(record)
+                    why.setdefault(str(exc), exc)
+                for reason, records in by_reason.items():
+                    self._set_aside(records, why[reason])
+            written = len(batch) - len(failed) - len(refused)
+            return written, failed, _cause(partial) if failed else None
         except Exception as exc:
             return 0, batch, exc
         return len(batch), [], None

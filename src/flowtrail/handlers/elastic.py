@@ -12,10 +12,12 @@ most ``bulk_docs`` documents and ``bulk_bytes`` bytes (gzip), never with ``refre
   and destination, on the first batch (never on every flush). An existing index whose
   mapping conflicts with the template is reported once on stderr, naming the field.
 - Per-item results decide what happens to each document: written (a 409 of ``create``
-  means it is already there: a replay never duplicates), sent again (429 and 5xx, via
-  `PartialExport`), sent again once as a sanitised copy when the mapping refuses it
-  (its metadata as JSON text), else refused with the service's reason (kept as a dead
-  letter in the spool).
+  means it is already there: a replay never duplicates), sent again (429 and 5xx only,
+  via `PartialExport`), sent again once as a sanitised copy when the mapping refuses it
+  (its metadata as JSON text), else refused: set aside at once as a dead letter with the
+  cluster's reason (``PartialExport.refused``), never sent again. When the cluster
+  refuses every document of a batch the pipeline's isolation and spool decide (the
+  fault may be the cluster's: a write block).
 - Hosts are used in turn; a host that cannot be reached (or answers 502/503/504) is
   left out for ``dead_node_backoff`` seconds (doubling while it stays down, up to ten
   times that) and the request goes to the next one at once. When every host is down
@@ -563,25 +565,33 @@ class ElasticHandler(ElasticReader, BaseHandler):
                 refused.extend(self._send_sanitised(outcome.malformed, retry))
         if not retry and not refused:
             return
-        if retry:
-            if cause is None:
-                cause = DeliveryError(
-                    f"{len(retry)} document(s) to send again: {retry_reason}",
-                    retryable=True,
-                    status=429,
-                )
-            failed = retry + [record for record, _ in refused]
-        else:
+        if len(refused) == len(batch):
+            # The cluster took nothing: the fault may be its own or its configuration's
+            # (a write block, a missing privilege); the pipeline gives the batch the spool's
+            # second chance.
             reasons = sorted({reason for _, reason in refused})
-            cause = DeliveryError(
+            raise DeliveryError(
                 f"{self.describe()} refused {len(refused)} document(s): " + "; ".join(reasons[:3]),
                 retryable=False,
                 status=400,
             )
-            failed = [record for record, _ in refused]
-        if len(failed) == len(batch):
+        # Documents refused one by one are set aside with their reason at once; only the
+        # 429/5xx ones are sent again.
+        dead = [
+            (record, DeliveryError(f"{self.describe()} refused it: {reason}", retryable=False))
+            for record, reason in refused
+        ]
+        if retry and cause is None:
+            cause = DeliveryError(
+                f"{len(retry)} document(s) to send again: {retry_reason}",
+                retryable=True,
+                status=429,
+            )
+        if cause is None:
+            cause = dead[0][1]
+        if len(retry) == len(batch):
             raise cause
-        raise PartialExport(failed, cause)
+        raise PartialExport(retry, cause, refused=dead)
 
     def _send_sanitised(
         self, malformed: list[tuple[Any, str]], retry: list[Any]
