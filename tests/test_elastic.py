@@ -591,3 +591,30 @@ def test_data_stream_option_writes_create_actions_and_needs_a_cluster_that_has_t
     assert "has no data streams" in (handler._own_pipelines()[0].stats.last_error or "")
     kept = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
     assert "kept" in kept
+
+
+def test_a_backlog_is_sent_two_requests_at_a_time(receiver) -> None:
+    Receiver, url = receiver
+    active = [0, 0]  # in flight, most seen
+    lock = threading.Lock()
+    original = Receiver.do_POST
+
+    def slow_post(self):
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        try:
+            threading.Event().wait(0.2)
+            original(self)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    Receiver.do_POST = slow_post
+    handler = ElasticHandler(hosts=[url], index="x", flush_interval=0.01)
+    records = [Metadata(run_id="r", message=f"m{i}") for i in range(3000)]
+    handler.export(records)
+    assert active[1] == 2
+    sent = sorted(d["message"] for batch in Receiver.seen for d in batch)
+    assert sent == sorted(f"m{i}" for i in range(3000))
+    assert [len(batch) for batch in Receiver.seen] == [1000, 1000, 1000]

@@ -102,6 +102,9 @@ class ElasticConfig(PipelineConfig, kw_only=True, frozen=True, forbid_unknown_fi
     bulk_docs: Annotated[int, msgspec.Meta(gt=0)] = 1000
     #: Bytes of one ``_bulk`` body (uncompressed) at most.
     bulk_bytes: Annotated[int, msgspec.Meta(gt=0)] = 5 * 1024 * 1024
+    #: ``_bulk`` requests of one batch in flight at once (a backlog is indexed on several
+    #: of the cluster's threads).
+    concurrent_requests: Annotated[int, msgspec.Meta(gt=0)] = 2
     gzip: bool = True
     verify_certs: bool = True
     ca_certs: str | None = None
@@ -198,6 +201,7 @@ class ElasticHandler(ElasticReader, BaseHandler):
         "api_key": "'id:key', [id, key] or the encoded key",
         "bulk_bytes": "a positive number of bytes",
         "bulk_docs": "a positive integer",
+        "concurrent_requests": "a positive integer",
         "dead_node_backoff": "a number of seconds >= 0",
         "connect_timeout": "a positive number of seconds",
         "close_timeout": "a number of seconds >= 0",
@@ -536,6 +540,51 @@ class ElasticHandler(ElasticReader, BaseHandler):
         )
         return bulk.read_bulk_answer(answer.body, chunk.records)
 
+    def _send_all(self, chunks: list[bulk.BulkChunk]) -> list[bulk.BulkOutcome | DeliveryError]:
+        """Each chunk's outcome, or the error that kept it from being written. Up to
+        ``concurrent_requests`` requests are in flight at once (a cluster indexes them on
+        several threads); sent one by one, the chunks after a retryable failure are not
+        sent (they fail with it)."""
+        results: list[bulk.BulkOutcome | DeliveryError | None] = [None] * len(chunks)
+        lanes = min(self.config.concurrent_requests, len(chunks))
+        if lanes <= 1:
+            for index, chunk in enumerate(chunks):
+                try:
+                    results[index] = self._send_chunk(chunk)
+                except DeliveryError as exc:
+                    results[index] = exc
+                    if exc.retryable:
+                        results[index + 1 :] = [exc] * (len(chunks) - index - 1)
+                        break
+            return results  # type: ignore[return-value]
+        todo = iter(range(len(chunks)))
+        lock = threading.Lock()
+
+        def lane() -> None:
+            while True:
+                with lock:
+                    index = next(todo, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = self._send_chunk(chunks[index])
+                except DeliveryError as exc:
+                    results[index] = exc
+                except Exception as exc:  # never lose a chunk's records to a lane's error
+                    results[index] = DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
+
+        # Daemon threads for one export only: an exit never waits for them.
+        helpers = [
+            threading.Thread(target=lane, name="flowtrail-elastic-bulk", daemon=True)
+            for _ in range(lanes - 1)
+        ]
+        for helper in helpers:
+            helper.start()
+        lane()
+        for helper in helpers:
+            helper.join()
+        return results  # type: ignore[return-value]
+
     def export(self, batch: Sequence[Any]) -> None:
         """Index the batch (see the module docstring). Raises `PartialExport` with the
         documents to send again or refused when part was written, `DeliveryError` when
@@ -546,16 +595,13 @@ class ElasticHandler(ElasticReader, BaseHandler):
         retry_reason = ""
         cause: DeliveryError | None = None
         chunks = self._chunks(batch)
-        for index, chunk in enumerate(chunks):
-            try:
-                outcome = self._send_chunk(chunk)
-            except DeliveryError as exc:
-                if exc.retryable:
-                    cause = exc
-                    for later in chunks[index:]:
-                        retry.extend(later.records)
-                    break
-                refused.extend((record, str(exc)) for record in chunk.records)
+        for chunk, outcome in zip(chunks, self._send_all(chunks), strict=True):
+            if isinstance(outcome, DeliveryError):
+                if outcome.retryable:
+                    cause = outcome
+                    retry.extend(chunk.records)
+                else:
+                    refused.extend((record, str(outcome)) for record in chunk.records)
                 continue
             retry.extend(outcome.retry)
             if outcome.retry_reasons:
