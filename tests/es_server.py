@@ -51,11 +51,18 @@ def _user_ids() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(ES_USER)
     except KeyError:
-        done = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ES_USER],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            done = subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+                + [ES_USER],
+                capture_output=True,
+                text=True,
+            )
+        except FileNotFoundError:
+            raise ServerError(
+                "Elasticsearch refuses to run as root and useradd is missing to make the "
+                f"user {ES_USER!r}: install the passwd package (scripts/test.sh does)"
+            ) from None
         if done.returncode not in (0, 9):  # 9: made meanwhile by another process
             raise ServerError(
                 f"cannot create the user {ES_USER!r} Elasticsearch runs as (it refuses root): "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
 import subprocess
 import threading
 import uuid
@@ -470,6 +471,7 @@ def test_a_dead_node_is_left_out_for_its_back_off(receiver) -> None:
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 (its own CA) and its key, made with openssl."""
     cert, key = folder / "cert.pem", folder / "key.pem"
+    assert shutil.which("openssl"), "the TLS test needs openssl: apt-get install openssl"
     subprocess.run(
         [
             "openssl",
