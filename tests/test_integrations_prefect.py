@@ -5,6 +5,7 @@ parents, states, attempts, run ids) and records read back from a real SQLite sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Iterator
@@ -60,6 +61,30 @@ def nightly() -> int:
     except PermissionError:
         get_run_logger().warning("publish failed; keeping the data")
     return total
+
+
+@task
+def part(i: int) -> int:
+    get_run_logger().info(f"part {i}")
+    std_log.warning(f"stdlib part {i}")
+    return i
+
+
+@task
+async def async_part(i: int) -> int:
+    get_run_logger().info(f"async part {i}")
+    return i
+
+
+@flow
+def fan_out() -> list[int]:
+    futures = [part.submit(i) for i in range(3)]  # run in Prefect's thread pool
+    return [future.result() for future in futures]
+
+
+@flow
+async def async_fan_out() -> list[int]:
+    return list(await asyncio.gather(*(async_part(i) for i in range(2))))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +167,26 @@ def test_flow_runs_task_runs_states_and_attempts(store: SQLiteHandler, tmp_path:
         line.startswith("      ← attempt.fetch") and "✗ ConnectionError: api busy" in line
         for line in lines
     )
+
+
+@pytest.mark.slow
+def test_tasks_in_threads_and_async_tasks(store: SQLiteHandler) -> None:
+    assert fan_out() == [0, 1, 2]
+    assert asyncio.run(async_fan_out()) == [0, 1]
+    flush_all(10.0)
+    for flow_name, task_name, count in (("fan-out", "part", 3), ("async-fan-out", "async_part", 2)):
+        (run,) = [r for r in store.runs() if r.workflow_name == flow_name]
+        data = store.find_trace_with_id(run.run_id)
+        (root,) = [s for s in data.spans if s.kind == "workflow"]
+        tasks = [s for s in data.spans if s.kind == "stage"]
+        assert [s.name for s in tasks] == [task_name] * count
+        assert {s.parent_span_id for s in tasks} == {root.span_id}
+        by_message = {r.message: r.span_id for r in data.meta}
+        for i in range(count):
+            prefix = "part" if task_name == "part" else "async part"
+            (mine,) = [s for s in tasks if by_message[f"{prefix} {i}"] == s.span_id]
+            if task_name == "part":  # stdlib records from Prefect's worker threads too
+                assert by_message[f"stdlib part {i}"] == mine.span_id
 
 
 def test_uninstrumented_runs_write_nothing(server: None, tmp_path: Path) -> None:
