@@ -2,10 +2,18 @@
 its stages) to the terminal, files, SQLite and log services, and read them back."""
 
 from flowtrail.config import ConfigError, Settings
-from flowtrail.fronts import ConsoleTrace, FileTrace, RestAPITrace, SQLiteTrace
+from flowtrail.fronts import (
+    ConsoleTrace,
+    ElasticsearchTrace,
+    FileTrace,
+    RestAPITrace,
+    SQLiteTrace,
+)
 from flowtrail.handlers import (
     BaseHandler,
     ConsoleHandler,
+    ElasticHandler,
+    ElasticsearchHandler,
     FileHandler,
     MemoryHandler,
     RestAPIHandler,
@@ -13,6 +21,7 @@ from flowtrail.handlers import (
     make_handler,
 )
 from flowtrail.handlers.base import TraceNotFound
+from flowtrail.handlers.otlp import OTLPHandler
 from flowtrail.pipeline import flush_all
 from flowtrail.records import LEVELS, Message, Metadata, RunSummary, Span, SpanEvent, TraceData
 from flowtrail.spans import LiveSpan
@@ -28,6 +37,9 @@ __all__ = [
     "ConfigError",
     "ConsoleHandler",
     "ConsoleTrace",
+    "ElasticHandler",
+    "ElasticsearchHandler",
+    "ElasticsearchTrace",
     "FileHandler",
     "FileTrace",
     "FlowtrailLogHandler",
@@ -35,6 +47,7 @@ __all__ = [
     "MemoryHandler",
     "Message",
     "Metadata",
+    "OTLPHandler",
     "RestAPIHandler",
     "RestAPITrace",
     "RunSummary",

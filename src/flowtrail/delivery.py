@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowtrail.config import is_secret_key, mask_text
+from flowtrail.otelbridge import detach, suppress_instrumentation
 
 #: HTTP statuses that may succeed if the same request is sent again later.
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+_modules = sys.modules
 #: How much of a service's error body an error message carries.
 _BODY_LIMIT = 500
 
@@ -194,11 +197,14 @@ class Delivery(ProcessClient):
         ca_certs: str | None = None,
         secrets: Iterable[str] = (),
         max_connections: int = 4,
+        client_cert: tuple[str, str | None] | None = None,
     ) -> None:
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout) if timeout else connect_timeout
         self.verify_certs = verify_certs
         self.ca_certs = ca_certs
+        #: Certificate file and key file (None: in the certificate file) for mutual TLS.
+        self.client_cert = client_cert
         self.max_connections = max_connections
         self._secrets = tuple(s for s in secrets if s)
         super().__init__()
@@ -214,10 +220,12 @@ class Delivery(ProcessClient):
         import httpx
 
         verify: Any = self.verify_certs
-        if self.verify_certs and self.ca_certs:
+        if self.verify_certs and (self.ca_certs or self.client_cert):
             import ssl
 
             verify = ssl.create_default_context(cafile=self.ca_certs)
+            if self.client_cert:
+                verify.load_cert_chain(*self.client_cert)
         return httpx.Client(
             timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
             verify=verify,
@@ -233,6 +241,7 @@ class Delivery(ProcessClient):
         """Send ``request`` once and classify the outcome (see the module docstring)."""
         import httpx
 
+        quiet = suppress_instrumentation() if _modules.get("opentelemetry.trace") else None
         try:
             answer = self.client.request(
                 request.method, request.url, headers=list(request.headers), content=request.body
@@ -246,6 +255,9 @@ class Delivery(ProcessClient):
                 f"{redact(str(exc), self._secrets)}",
                 retryable=True,
             ) from None
+        finally:
+            if quiet is not None:
+                detach(quiet)
         status = answer.status_code
         headers = tuple(answer.headers.items())
         if 200 <= status < 300:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import threading
 import time
 import traceback
@@ -29,6 +30,8 @@ from flowtrail.context import (
     new_span_id,
 )
 from flowtrail.lifecycle import INTERRUPTED, on_fork_child
+from flowtrail.otelbridge import attach as otel_attach
+from flowtrail.otelbridge import detach as otel_detach
 from flowtrail.records import Span, SpanEvent
 
 
@@ -71,6 +74,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: (`end_open_spans`). A dict, for an insert and a removal that cost next to nothing.
 _OPEN: dict[LiveSpan, None] = {}
 _GONE: Any = object()
+_modules = sys.modules
 
 #: Span kinds that name the job or stage of the records inside them.
 JOB_KINDS = frozenset({"job"})
@@ -106,6 +110,7 @@ class LiveSpan:
         "_cpu",
         "memory_start_mb",
         "_token",
+        "_otel",
         "baggage",
         "_owns_attributes",
     )
@@ -175,6 +180,7 @@ class LiveSpan:
         self._cpu = time.process_time_ns()
         self.memory_start_mb = Memory.rss_mb()
         self._token: Any = None
+        self._otel: Any = None
 
     # ------------------------------------------------------------------ user API
     def set_attribute(self, key: str, value: Any) -> None:
@@ -272,6 +278,9 @@ class LiveSpan:
         self.fields = context.fields if context is not None else ()
         self._overrides = None
         self._token = current_run.set(self)
+        if _modules.get("opentelemetry.trace") is not None:
+            # OpenTelemetry's current span is this one while it is open.
+            self._otel = otel_attach(self.trace_id, self.span_id, self.sampled)
         _OPEN[self] = None
         if not _ANNOUNCER and self.root is self:
             _start_announcer()
@@ -287,6 +296,9 @@ class LiveSpan:
                 current_run.reset(token)
             except ValueError:  # ended in another context (e.g. another task)
                 pass
+        if self._otel is not None:
+            otel_detach(self._otel)
+            self._otel = None
         if _OPEN.pop(self, _GONE) is _GONE:
             return None
         wall_ns = time.perf_counter_ns() - self._perf

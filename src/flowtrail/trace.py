@@ -61,6 +61,7 @@ from flowtrail.lifecycle import (
     on_terminate,
 )
 from flowtrail.logrecords import record_level
+from flowtrail.otelbridge import attached_span, otel_current, parent_of
 from flowtrail.pipeline import Pipeline, close_all, set_exit_timeout
 from flowtrail.records import CONTEXT_FIELDS, LEVELS, Metadata, Span, SpanEvent, json_safe
 from flowtrail.spans import (
@@ -76,6 +77,7 @@ _getframe = sys._getframe
 _perf_counter_ns = time.perf_counter_ns
 _get_ident = threading.get_ident
 _replace = msgspec.structs.replace
+_modules = sys.modules
 _basenames: dict[str, str] = {}
 
 #: Handlers that receive every record of every trace (see `flowtrail.testing`).
@@ -239,6 +241,8 @@ def _level_method(level: str) -> Any:
         )
         if context is not None and context.live is not None:
             record = _in_span(record, context)
+        if _modules.get("opentelemetry.trace") is not None:
+            record = _in_otel_span(record, context)
         if wants_exception:
             record = self._with_exception(record, None)
         if self._direct and not globals_[0]:
@@ -267,6 +271,24 @@ def _in_span(record: Metadata, context: ActiveContext) -> Metadata:
             attributes={"message": record.message, "lineno": record.lineno},
         )
     )
+    return record
+
+
+def _in_otel_span(record: Metadata, context: ActiveContext | None) -> Metadata:
+    """The record with the ids of OpenTelemetry's current span when that span is not
+    the open flowtrail span (`flowtrail.otelbridge`): outside flowtrail spans, or in a
+    span an instrumented library started inside one."""
+    current = otel_current()
+    live = context.live if context is not None else None
+    if live is not None and live._otel is not None and current is attached_span(live._otel):
+        return record  # OpenTelemetry's current span is the open flowtrail span
+    outer = parent_of(current)
+    if outer is None:
+        return record
+    if live is None:
+        return _replace(record, trace_id=outer.trace_id, span_id=outer.span_id)
+    if outer.span_id != live.span_id and outer.trace_id == live.trace_id:
+        return _replace(record, span_id=outer.span_id, parent_span_id=live.span_id)
     return record
 
 
@@ -411,6 +433,8 @@ class Trace:
         )
         if context is not None and context.live is not None:
             record = _in_span(record, context)
+        if _modules.get("opentelemetry.trace") is not None:
+            record = _in_otel_span(record, context)
         if level == "exception" or exc is not None:
             record = self._with_exception(record, exc)
         return record
@@ -576,15 +600,38 @@ class Trace:
 
     def _start_span(self, kind: str, name: str, attributes: dict[str, Any]) -> LiveSpan:
         context = current_run.get()
-        live = LiveSpan(
-            self,
-            kind,
-            name,
-            attributes,
-            context.live if context is not None else None,
-            self._remote,
-        )
+        parent = context.live if context is not None else None
+        if _modules.get("opentelemetry.trace") is None:
+            live = LiveSpan(self, kind, name, attributes, parent, self._remote)
+        else:
+            live = self._start_in_otel(kind, name, attributes, parent)
         live._enter(context)
+        return live
+
+    def _start_in_otel(
+        self, kind: str, name: str, attributes: dict[str, Any], parent: LiveSpan | None
+    ) -> LiveSpan:
+        """A span whose parent may be OpenTelemetry's current span: outside any flowtrail
+        span, it joins that span's trace as its child; inside one, a span that
+        OpenTelemetry started inside it (an instrumented library's) is its parent."""
+        current = otel_current()
+        if (
+            parent is not None
+            and parent._otel is not None
+            and current is attached_span(parent._otel)
+        ):
+            outer = None  # OpenTelemetry's current span is the flowtrail parent itself
+        else:
+            outer = parent_of(current)
+        if outer is None or (parent is not None and outer.span_id == parent.span_id):
+            return LiveSpan(self, kind, name, attributes, parent, self._remote)
+        if parent is None:
+            live = LiveSpan(self, kind, name, attributes, None, outer)
+            live.trace_id = outer.trace_id
+            return live
+        live = LiveSpan(self, kind, name, attributes, parent, self._remote)
+        if outer.trace_id == parent.trace_id:
+            live.parent_span_id = outer.span_id
         return live
 
     def _span_started(self, live: LiveSpan) -> None:
