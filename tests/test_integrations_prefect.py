@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace as otel_trace
 
+from flowtrail.context import current_run
 from flowtrail.handlers.sqlite import SQLiteHandler
 from flowtrail.integrations import prefect as traced
 from flowtrail.integrations._common import MissingEngine
@@ -107,6 +109,9 @@ def store(tmp_path: Path, server: None) -> Iterator[SQLiteHandler]:
 def test_flow_runs_task_runs_states_and_attempts(store: SQLiteHandler, tmp_path: Path) -> None:
     CALLS.clear()
     assert nightly() == 6
+    # Nothing of the runs stays current afterwards, in flowtrail or in OpenTelemetry.
+    assert current_run.get() is None
+    assert not otel_trace.get_current_span().get_span_context().is_valid
     flush_all(10.0)
     runs = {r.run_id: r for r in store.runs()}
     (top,) = [r for r in runs.values() if r.parent_run_id is None]

@@ -41,6 +41,7 @@ from flowtrail.integrations._common import (
     require,
     trace_of,
 )
+from flowtrail.otelbridge import detach as otel_detach
 from flowtrail.records import Span, SpanEvent
 from flowtrail.spans import LiveSpan
 from flowtrail.stdlib import FlowtrailLogHandler
@@ -251,6 +252,12 @@ def _start(span: Any) -> None:
     if parent is None and parent_id is not None:
         live.parent_span_id = parent_id  # a parent outside this process (labels)
     live._enter(current_run.get())
+    if live._otel is not None:
+        # Prefect makes its own span (the same ids) OpenTelemetry's current one while the
+        # run executes; a second attach, made and undone inside Prefect's span start and
+        # end, would be undone out of order and leave this span current afterwards.
+        otel_detach(live._otel)
+        live._otel = None
     with _lock:
         _by_span[span_id] = live
         if prefect_id:
