@@ -333,10 +333,10 @@ class OTLPHandler(BaseHandler):
         if settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
             headers.append(("Content-Encoding", "gzip"))
-        names = {key.lower() for key, _ in settings.headers}
+        names = frozenset(key.lower() for key, _ in settings.headers)
         headers = [(k, v) for k, v in headers if k.lower() not in names]
         headers.extend(settings.headers)
-        return Request("POST", settings.url, tuple(headers), body, tuple(items))
+        return Request("POST", settings.url, tuple(headers), body, tuple(items), names)
 
     def pipeline(self, strict: bool = False) -> Pipeline:
         """The process's pipeline for this handler, its exporter made ready to send
