@@ -523,6 +523,8 @@ class Trace:
         )
         if context is not None and context.live is not None:
             meta = _in_span(meta, context)
+        if _modules.get("opentelemetry.trace") is not None:
+            meta = _in_otel_span(meta, context)
         if record.exc_info and record.exc_info[1] is not None:
             meta = self._with_exception(meta, record.exc_info[1])
         self._submit(meta)
