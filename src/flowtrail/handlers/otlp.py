@@ -410,7 +410,7 @@ class OTLPHandler(BaseHandler):
         failed: list[Any] = []
         cause: DeliveryError | None = None
         for index, request in enumerate(requests):
-            signal = "logs" if request.records[0].__class__ is Metadata else "traces"
+            signal = "logs" if isinstance(request.records[0], Metadata) else "traces"
             try:
                 response = self.delivery(signal).send(request)
             except DeliveryError as exc:
