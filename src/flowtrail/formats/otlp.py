@@ -2,11 +2,14 @@
 spans an ``ExportTraceServiceRequest`` (``/v1/traces``). Pure: nothing is sent here.
 
 Protobuf uses the official ``opentelemetry-proto`` messages (the optional ``[otlp]``
-extra, imported on first use). A request is built as one nested structure of plain
-dicts and lists that the message constructor turns into the message in C (upb): about
-three times cheaper than making one message object per record and attribute. The
-attribute entries that repeat from record to record (the file, the run, the workflow,
-the thread) are made once and shared.
+extra, imported on first use). Each record is given to the message constructor as plain
+dicts and lists, which it converts in C (upb). What repeats from record to record (the
+run, process, thread, file and line, workflow; for spans also the kind and trace id) is
+serialized once per distinct combination by the same message class and joined with the
+serialization of each record's own fields: protobuf parses the concatenation of two
+serializations of a message as one message (`OTLPEncoder._assemble`). About 3 µs a record
+and 4.5 µs a span; `logs_dict`/`traces_dict` describe the same requests as nested dicts
+(JSON is made from them, and a test checks both give the same message).
 
 JSON follows the OTLP/JSON rules: lowerCamelCase field names, trace and span ids as hex
 (not base64), 64-bit integers as strings, enums as their numbers, defaults left out.
