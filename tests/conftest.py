@@ -43,3 +43,41 @@ def run_python(code: str, cwd: Path, timeout: float = 120, env: dict[str, str] |
         text=True,
         timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------------- search servers
+@pytest.fixture(scope="session")
+def es_node():
+    """A real Elasticsearch 7.9 node on 127.0.0.1 for the session (see es_server.py)."""
+    from es_server import EsNode, ServerError
+
+    node = EsNode("single", cluster="flowtrail-single")
+    try:
+        node.start()
+        node.wait_ready()
+    except ServerError as exc:
+        node.remove()
+        pytest.fail(str(exc), pytrace=False)
+    yield node
+    node.remove()
+
+
+@pytest.fixture(scope="session")
+def osmem():
+    """An osmem-server (OpenSearch-compatible, in memory) for the session."""
+    from es_server import ServerError, start_osmem
+
+    try:
+        server = start_osmem()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["elasticsearch", "opensearch"])
+def search_url(request):
+    """The URL of a real search server: Elasticsearch 7.9, then osmem (OpenSearch)."""
+    if request.param == "elasticsearch":
+        return request.getfixturevalue("es_node").url
+    return request.getfixturevalue("osmem").url

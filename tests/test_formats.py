@@ -141,11 +141,11 @@ Workflow Trace: 0af7651916cd43dd8448eb211c80319c
 Run: run-fixed
 → workflow.ingest [2024-01-15 10:30:45] [owner=data-team]
   [INFO] [WORKFLOW]: start
-  → node.read_file [node.id=reader]
+  → node.read_file [reader]
     [INFO] Opening file: input.txt
     [DEBUG] File size: 1024 bytes
   ← node.read_file (45.2ms) ✓
-  → node.transform [node.id=processor, a=1, b=2, c=3, +1]
+  → node.transform [processor, a=1, b=2, c=3, +1]
     [INFO] Processing 10 records
     → stage.retry
       [ERROR] bad row 7

@@ -389,3 +389,9 @@ def test_a_refused_handler_leaves_a_clean_exit(tmp_path: Path) -> None:
     assert "AttributeError" not in result.stderr, result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
     assert not (tmp_path / "logs").exists()  # nothing was started at exit either
+
+
+def test_mask_text_keeps_an_exception_name_readable() -> None:
+    text = "NoCredentialsError: Unable to locate credentials; InvalidTokenError: expired"
+    assert mask_text(text) == text
+    assert SECRET not in mask_text(f"NoCredentialsError: x; credentials: {SECRET}")

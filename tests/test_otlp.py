@@ -676,7 +676,7 @@ for i in range(100):
     lines = [
         json.loads(line)
         for p in (tmp_path / "spool").rglob("*")
-        if p.is_file() and p.name != "destination.json"
+        if p.is_file() and ".jsonl" in p.name and not p.name.endswith(".why")
         for line in p.read_text().splitlines()
     ]
     assert sorted(x["message"] for x in lines) == sorted(f"m {i}" for i in range(100))

@@ -228,7 +228,7 @@ def receivers():
 def spooled_lines(spool: Path) -> list[dict[str, Any]]:
     lines = []
     for path in spool.rglob("*"):
-        if path.is_file() and path.name != "destination.json":
+        if path.is_file() and ".jsonl" in path.name and not path.name.endswith(".why"):
             lines += [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return lines
 

@@ -230,3 +230,95 @@ def test_cloudwatch_region_comes_from_the_url_or_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     handler = RestAPIHandler(service_type="cloudwatch")
     assert handler.url() == "https://logs.eu-west-1.amazonaws.com"
+
+
+class _ThrottlingProxy:
+    """Plays CloudWatch Logs answering the first ``throttle`` PutLogEvents calls with the
+    service's real ``ThrottlingException`` (HTTP 400, JSON 1.1 error); every other call is
+    forwarded unchanged, signature included, to moto's server."""
+
+    def __init__(self, upstream: str, throttle: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.throttled = 0
+        self.puts = 0
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                import http.client
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("X-Amz-Target", "").endswith(".PutLogEvents"):
+                    proxy.puts += 1
+                    if proxy.throttled < throttle:
+                        proxy.throttled += 1
+                        answer = json.dumps(
+                            {"__type": "ThrottlingException", "message": "Rate exceeded"}
+                        ).encode()
+                        self.send_response(400)
+                        self.send_header("x-amzn-ErrorType", "ThrottlingException")
+                        self.send_header("Content-Type", "application/x-amz-json-1.1")
+                        self.send_header("Content-Length", str(len(answer)))
+                        self.end_headers()
+                        self.wfile.write(answer)
+                        return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.request("POST", self.path, body, dict(self.headers.items()))
+                reply = conn.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                for key, value in reply.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cloudwatch_throttling_is_retried_until_every_event_is_in_once(aws_env, tmp_path):
+    url, _ = aws_env
+    proxy = _ThrottlingProxy(url, throttle=3)
+    try:
+        handler = make_handler(
+            {
+                "type": "restapi",
+                "service_type": "cloudwatch",
+                "api_url": proxy.url,
+                "log_group": "throttled",
+                "flush_interval": 0.05,
+                "max_retries": 10,
+                "spool_dir": str(tmp_path / "spool"),
+            }
+        )
+        trace = get_trace("cw-throttled", handlers=[handler])
+        sent = [f"event {i}" for i in range(300)]
+        for message in sent:
+            trace.info(message)
+        assert trace.flush(60)
+        (pipeline,) = trace.pipelines()
+        assert proxy.throttled == 3
+        assert pipeline.stats.retries >= 3 and pipeline.stats.spooled == 0, pipeline.stats
+        assert pipeline.stats.errors.get("DeliveryError") == 3
+        events = read_back(url, "throttled", "cw-throttled")
+        assert [json.loads(e["message"])["message"] for e in events] == sent  # once, in order
+    finally:
+        proxy.close()

@@ -9,7 +9,7 @@ import sys
 
 from flowtrail.lifecycle import INTERRUPTED
 from flowtrail.records import Metadata, Span
-from flowtrail.status import run_status, split_open, writer_alive
+from flowtrail.status import RETRIED_ATTEMPT, run_status, split_open, writer_alive
 
 
 def span(span_id: str, parent: str | None, name: str, start: int, status: str = "ok", **kw) -> Span:
@@ -43,6 +43,20 @@ def test_a_retry_is_the_same_kind_name_and_parent_started_later() -> None:
     other = span("o", None, "validate", 3)
     earlier = span("e", "j", "validate", 0)
     assert run_status([], [job, first, other, earlier]).status == "error"
+
+
+def test_an_attempt_sent_again_is_retried_with_other_spans_between() -> None:
+    """A task retried through a queue (`RETRIED_ATTEMPT` on its failed execution) runs
+    again after other tasks of the same parent: still a retry."""
+    job = span("j", None, "job", 0, kind="job")
+    first = span("t1", "j", "load", 1, "error", kind="task", attributes={RETRIED_ATTEMPT: "id-1"})
+    other = span("o", "j", "send", 2, kind="task")
+    again = span("t2", "j", "load", 3, kind="task")
+    assert run_status([], [job, first, other, again]).text == "ok (retried)"
+    # Without the mark, the span between makes it no retry; and no later ok span, none.
+    plain = span("t1", "j", "load", 1, "error", kind="task")
+    assert run_status([], [job, plain, other, again]).status == "error"
+    assert run_status([], [job, first, other]).status == "error"
 
 
 def test_a_stage_of_a_loop_that_runs_again_later_is_no_retry() -> None:

@@ -2,10 +2,18 @@
 its stages) to the terminal, files, SQLite and log services, and read them back."""
 
 from flowtrail.config import ConfigError, Settings
-from flowtrail.fronts import ConsoleTrace, FileTrace, RestAPITrace, SQLiteTrace
+from flowtrail.fronts import (
+    ConsoleTrace,
+    ElasticsearchTrace,
+    FileTrace,
+    RestAPITrace,
+    SQLiteTrace,
+)
 from flowtrail.handlers import (
     BaseHandler,
     ConsoleHandler,
+    ElasticHandler,
+    ElasticsearchHandler,
     FileHandler,
     MemoryHandler,
     RestAPIHandler,
@@ -29,6 +37,9 @@ __all__ = [
     "ConfigError",
     "ConsoleHandler",
     "ConsoleTrace",
+    "ElasticHandler",
+    "ElasticsearchHandler",
+    "ElasticsearchTrace",
     "FileHandler",
     "FileTrace",
     "FlowtrailLogHandler",

@@ -838,7 +838,16 @@ def spool(spool_dir: str | None) -> None:
         click.echo(f"nothing waits in {root}")
         return
     console = _console()
-    headers = ("destination", "type", "records", "bytes", "oldest (UTC)", "failed", "failed recs")
+    headers = (
+        "destination",
+        "type",
+        "records",
+        "bytes",
+        "oldest (UTC)",
+        "failed",
+        "failed recs",
+        "last error",
+    )
     rows = [
         (
             s.folder.name,
@@ -848,6 +857,7 @@ def spool(spool_dir: str | None) -> None:
             _epoch_text(s.oldest),
             str(s.failed_files),
             str(s.failed_records),
+            _one_line(mask_text(s.last_error or "-")),
         )
         for s in found
     ]
@@ -857,14 +867,22 @@ def spool(spool_dir: str | None) -> None:
         table.add_column("destination", overflow="fold")
         for header in ("records", "bytes", "oldest (UTC)", "failed", "failed\nrecords"):
             table.add_column(header, justify="right", no_wrap=header != "oldest (UTC)")
-        for name, _, records, size, oldest, failed, failed_records in rows:
+        table.add_column("last error", overflow="fold", ratio=1)
+        for name, _, records, size, oldest, failed, failed_records, error in rows:
             when = oldest.replace("T", " ")[:19].replace(" ", "\n")
-            table.add_row(name, records, _size(int(size)), when, failed, failed_records)
+            table.add_row(
+                name, records, _size(int(size)), when, failed, failed_records, error[:300]
+            )
         console.print(table)
         return
     click.echo("\t".join(h.replace(" (UTC)", "").replace(" ", "_") for h in headers))
     for row in rows:
         click.echo("\t".join(row))
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (a tab-separated row must not be split)."""
+    return " ".join(text.split())
 
 
 @main.command()

@@ -13,8 +13,8 @@ Each setting is looked up in this order, first found wins:
 
 A wrong key or value raises `ConfigError` naming the key, the value, where it came from
 and what is accepted. An environment variable ``FLOWTRAIL_*`` that is not a setting (nor
-``FLOWTRAIL_CONFIG`` or ``FLOWTRAIL_STORE``, the reading commands' default store) is
-ignored with a `ConfigWarning`, once per process.
+``FLOWTRAIL_CONFIG``, ``FLOWTRAIL_STORE``, the reading commands' default store, or the
+``FLOWTRAIL_ES_*`` credentials) is ignored with a `ConfigWarning`, once per process.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ _SECRET_WORDS: Final = (
 #: Whole last parts of names (``dd_api_key``, ``basic_auth``, ``key``) that are secrets.
 _SECRET_ENDINGS: Final = frozenset({"key", "auth", "pwd", "pass", "sig"})
 MASK: Final = "***"
+#: ``NoCredentialsError: Unable to ...`` names an exception, not a secret's field.
+_NOT_NAMES: Final = ("Error", "Exception", "Warning")
 #: ``name: value`` / ``name=value`` / ``"name": "value"`` in free text (invalid JSON,
 #: query strings, headers), and the value after it: a quoted string, a bracketed group
 #: or a word.
@@ -98,7 +100,7 @@ def mask_text(text: str) -> str:
     start = pos = 0
     while (name := _NAME.search(text, pos)) is not None:
         pos = name.end()
-        if not is_secret_key(name[2]):
+        if not is_secret_key(name[2]) or name[2].endswith(_NOT_NAMES):
             continue  # its value may hold secret-looking names: look inside it too
         value = _VALUE.match(text, pos)
         if value is None:
@@ -243,9 +245,17 @@ def _flowtrail_environ() -> list[tuple[str, str]]:
     return [(k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)]
 
 
-#: ``FLOWTRAIL_*`` variables that are not settings: the config file to read and the
-#: default store of the reading commands.
-OTHER_VARIABLES: Final = (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}STORE")
+#: ``FLOWTRAIL_*`` variables that are not settings: the config file to read, the
+#: default store of the reading commands, and Elasticsearch credentials (see
+#: `flowtrail.handlers.elastic.CREDENTIAL_VARIABLES`).
+OTHER_VARIABLES: Final = (
+    f"{ENV_PREFIX}CONFIG",
+    f"{ENV_PREFIX}STORE",
+    f"{ENV_PREFIX}ES_USERNAME",
+    f"{ENV_PREFIX}ES_PASSWORD",
+    f"{ENV_PREFIX}ES_API_KEY",
+    f"{ENV_PREFIX}ES_BEARER_TOKEN",
+)
 
 
 class ConfigWarning(UserWarning):

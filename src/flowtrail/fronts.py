@@ -24,6 +24,7 @@ from urllib.parse import ParseResult, parse_qs
 
 from flowtrail.config import ConfigError, mask_text, resolve_settings
 from flowtrail.handlers import BaseHandler, ConsoleHandler, FileHandler, SQLiteHandler
+from flowtrail.handlers.elastic import ElasticHandler, options_from_url
 from flowtrail.records import TraceData
 from flowtrail.trace import Trace
 
@@ -233,4 +234,70 @@ class RestAPITrace(Trace):
         super().__init__(run_id, parent_run_id, extras=options, **settings)
 
 
-__all__ = ["ConsoleTrace", "FileTrace", "RestAPITrace", "SQLiteTrace"]
+#: ``extras`` keys of seed 002 and the handler options they set.
+_ES_EXTRAS = {"es_hosts": "hosts", "index_name": "index"}
+
+
+class ElasticsearchTrace(_StoreTrace):
+    """Console + Elasticsearch or OpenSearch (seed 002): ``ElasticsearchTrace(url=
+    "http://localhost:9200", run_id=..., extras={"index_name": ..., "username": ...})``.
+    ``url`` is a host (``http(s)://host:9200``), or a store URL
+    (``elasticsearch+https://user:pass@host1:9200,host2:9200/index``); ``extras`` may give
+    every `ElasticHandler` option by its name or its seed name (``es_hosts``,
+    ``index_name``). ``find_traces(extras=...)`` and ``find_trace_with_id(run_id=...,
+    extras=...)`` read the runs back (on the class or an instance), and
+    ``afind_traces`` / ``afind_trace_with_id`` do it without blocking an event loop."""
+
+    schemes = ("http", "https", "elasticsearch", "opensearch", "es")
+
+    @classmethod
+    def store_for(
+        cls,
+        url: str | os.PathLike[str] | ParseResult | None,
+        extras: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> ElasticHandler:
+        options: dict[str, Any] = {}
+        if url is not None:
+            options.update(options_from_url(_url_text(url)))
+        known = ElasticHandler.Config.__struct_fields__
+        for key, value in (extras or {}).items():
+            key = _ES_EXTRAS.get(key, key)
+            if key in known and key != "type":
+                options[key] = value
+        return ElasticHandler(**options)
+
+    @_store_method
+    async def afind_traces(
+        cls,
+        instance: _StoreTrace | None,
+        path: Any = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> list[TraceData]:
+        """`find_traces` in a worker thread: the list of every run."""
+        import asyncio
+
+        reader = cls._reader(instance, path, extras)
+        return await asyncio.to_thread(lambda: list(reader.find_traces()))
+
+    @_store_method
+    async def afind_trace_with_id(
+        cls,
+        instance: _StoreTrace | None,
+        run_id: str,
+        force_raise: bool = True,
+        *,
+        path: Any = None,
+        extras: Mapping[str, Any] | None = None,
+        include_children: bool = True,
+    ) -> TraceData:
+        """`find_trace_with_id` in a worker thread."""
+        import asyncio
+
+        reader = cls._reader(instance, path, extras)
+        return await asyncio.to_thread(
+            reader.find_trace_with_id, run_id, force_raise, include_children=include_children
+        )
+
+
+__all__ = ["ConsoleTrace", "ElasticsearchTrace", "FileTrace", "RestAPITrace", "SQLiteTrace"]

@@ -78,8 +78,11 @@ def _join_otel_span(fields: dict[str, Any], context: Any) -> None:
     flowtrail span (a library's span, or one outside flowtrail's): see
     `flowtrail.otelbridge`."""
     live = context.live if context is not None else None
+    own = getattr(live, "_otel", None)  # `live` may be another kind of context
+    if live is not None and own is None:
+        return  # a flowtrail span that is not OpenTelemetry's: its ids stand
     current = otel_current()
-    if live is not None and live._otel is not None and current is attached_span(live._otel):
+    if own is not None and current is attached_span(own):
         return
     outer = parent_of(current)
     if outer is None:
@@ -88,9 +91,9 @@ def _join_otel_span(fields: dict[str, Any], context: Any) -> None:
         fields["trace_id"] = outer.trace_id
         fields["span_id"] = outer.span_id
         fields.pop("parent_span_id", None)
-    elif outer.trace_id == live.trace_id:
+    elif outer.trace_id == fields.get("trace_id") and outer.span_id != fields.get("span_id"):
+        fields["parent_span_id"] = fields.get("span_id")
         fields["span_id"] = outer.span_id
-        fields["parent_span_id"] = live.span_id
 
 
 def metadata_from_log_record(

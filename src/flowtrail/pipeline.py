@@ -38,7 +38,7 @@ from itertools import islice, repeat, starmap
 from typing import Any, Literal, Protocol, cast
 
 from flowtrail.records import sanitized
-from flowtrail.spool import Spool
+from flowtrail.spool import Spool, SpoolFull, kind_of
 
 
 class PartialExport(Exception):
@@ -83,6 +83,9 @@ class PipelineOptions:
 
     batch_size: int = 1000
     max_batch_bytes: int = 16 * 1024 * 1024
+    #: The most records one export takes from a backlog (None: 16 batches). Remote
+    #: handlers raise it to what one request of their service may carry.
+    max_export_batch: int | None = None
     flush_interval: float = 0.5
     queue_size: int = 100_000
     #: Bytes of messages the queue may hold (counted for messages over 4 KiB; smaller
@@ -103,6 +106,9 @@ class PipelineOptions:
     legacy_spool_dirs: tuple[str, ...] = ()
     #: Written as the spool folder's ``destination.json`` when it is first used.
     spool_manifest: bytes | None = None
+    #: The most bytes the spool folder may hold (None: unbounded); past it records are
+    #: counted and reported as lost.
+    spool_max_bytes: int | None = None
 
 
 @dataclass
@@ -286,6 +292,23 @@ def report_once(
         pass
 
 
+def retry_delay(options: PipelineOptions, attempt: int, asked: Any = None) -> float:
+    """Seconds to wait before retry number ``attempt`` (from 1): exponential backoff with
+    jitter, or longer when the service said when to come back (HTTP ``Retry-After``,
+    ``asked`` seconds)."""
+    delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
+    delay *= 0.5 + random.random()
+    if isinstance(asked, (int, float)) and asked > delay:
+        delay = float(asked)
+    return delay
+
+
+def _reason(exc: BaseException) -> str:
+    """Why records were not written, for the spool's notes (secrets are masked there)."""
+    cause = _cause(exc)
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _cause(exc: BaseException) -> BaseException:
     """The failure behind a `PartialExport` (the exception itself otherwise)."""
     while isinstance(exc, PartialExport):
@@ -309,13 +332,15 @@ class Pipeline:
         self.options = options
         self.strict = strict
         self.stats = PipelineStats()
-        self.spool = Spool(options.spool_dir, options.spool_manifest)
+        self.spool = Spool(options.spool_dir, options.spool_manifest, options.spool_max_bytes)
         # Read on every submit: plain attributes, and a strict pipeline's limit of 0
         # sends every record down the slow path.
         self._limit = 0 if strict else options.queue_size
         self._batch_size = options.batch_size
         self._caller_runs = options.caller_runs and hasattr(exporter, "export_nowait")
         self._max_bytes = 0 if strict else options.queue_bytes
+        #: ``Retry-After`` of the last replay the service refused for now.
+        self._retry_after: float | None = None
         self._init_runtime()
         _all_pipelines.add(self)
 
@@ -689,7 +714,7 @@ class Pipeline:
         if len(queue) > 4 * limit:
             # A backlog: fewer, larger writes. Each write lets go of the interpreter lock,
             # and taking it back from a busy caller costs up to the 5 ms switch interval.
-            limit = min(len(queue) // 2, 16 * limit)
+            limit = min(len(queue) // 2, self.options.max_export_batch or 16 * limit)
         self._recover_inflight()
         batch = self._take(limit)
         if batch:
@@ -759,19 +784,22 @@ class Pipeline:
                 self.stats.exported += written
                 if bad:
                     self.stats.failed_batches += 1
-                    self._spool_batch([record for record, _ in bad], bad[0][1])
+                    refused = [record for record, _ in bad]
+                    if written:
+                        # The store took the others: these records are what it refuses.
+                        self._set_aside(refused, bad[0][1])
+                    else:
+                        # It took none: the fault may be the store's or its configuration's
+                        # (an expired token, a missing table). The spool gives them a
+                        # second chance; a replay that is refused too sets them aside.
+                        self._spool_batch(refused, bad[0][1])
                 if not batch:
                     return
                 assert later_exc is not None
                 exc = later_exc  # the store failed while isolating: retry the rest
             attempt += 1
             retry = attempt <= options.max_retries
-            delay = min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1))
-            delay *= 0.5 + random.random()
-            # A service that says when to come back (HTTP Retry-After) is waited for.
-            asked = getattr(_cause(exc), "retry_after", None)
-            if isinstance(asked, (int, float)) and asked > delay:
-                delay = float(asked)
+            delay = retry_delay(options, attempt, getattr(_cause(exc), "retry_after", None))
             if not retry or time.monotonic() + delay > deadline or self._stop.is_set():
                 self.stats.failed_batches += 1
                 self._spool_batch(batch, exc)
@@ -877,12 +905,57 @@ class Pipeline:
             self.stats.spooled += len(batch)
             outcome = "spooled"
             where = f"they were saved to the spool {self.spool.directory} and will be re-sent"
+        except SpoolFull as full:
+            self.stats.spooled += full.kept
+            self.stats.dropped += len(batch) - full.kept
+            outcome = "lost"
+            where = (
+                f"{full.kept} of them were spooled; the rest are lost because the spool is "
+                f"full ({full})"
+            )
         except Exception as spool_exc:
             self.stats.dropped += len(batch)
             outcome = "lost"
             where = f"the spool {self.spool.directory} failed too ({spool_exc}); they are lost"
-        self._next_replay = time.monotonic() + self.options.replay_interval
+        self.spool.note_error(_reason(exc))
+        self._next_replay = time.monotonic() + self._replay_wait(exc)
         report_once(self.name, exc, len(batch), where, outcome=outcome)
+
+    def _replay_wait(self, exc: BaseException | None) -> float:
+        """Seconds until the spool is replayed again after ``exc``: the replay interval,
+        or longer when the service said when to come back (``Retry-After``)."""
+        asked = getattr(_cause(exc), "retry_after", None) if exc is not None else None
+        interval = self.options.replay_interval
+        return max(interval, float(asked)) if isinstance(asked, (int, float)) else interval
+
+    def _set_aside(self, records: list[Any], exc: BaseException, kind: str | None = None) -> None:
+        """Keep records the store refuses for good as dead letters (``.failed`` files,
+        with the reason beside them): never replayed until ``flowtrail replay
+        --dead-letters`` after the cause was fixed."""
+        groups: dict[str, list[Any]] = {}
+        for record in records:
+            groups.setdefault(kind or kind_of(record), []).append(record)
+        kept = []
+        done = 0
+        try:
+            for group_kind, group in groups.items():
+                kept.append(self.spool.write_failed(group, group_kind, _reason(exc)))
+                done += len(group)
+        except Exception as spool_exc:
+            self.stats.set_aside += done
+            self.stats.dropped += len(records) - done
+            where = f"the spool {self.spool.directory} failed too ({spool_exc}); they are lost"
+            report_once(self.name, exc, len(records), where, outcome="lost")
+            return
+        self.stats.set_aside += len(records)
+        report_once(
+            self.name,
+            exc,
+            len(records),
+            f"they can never be written as they are and were set aside as {kept[0]} "
+            "(flowtrail spool lists them; flowtrail replay --dead-letters re-sends them)",
+            outcome="set aside",
+        )
 
     def _damaged(self, kept: Any, lines: int) -> None:
         self.stats.dropped += lines
@@ -905,8 +978,13 @@ class Pipeline:
                     self.spool.adopt(legacy)
             for claimed, kind, records in self.spool.claim(on_damaged=self._damaged):
                 try:
+                    self._retry_after = None
                     if not self._replay_file(claimed, kind, records):
-                        return  # the store is still down: later
+                        # The store is still down: later (when the service said to).
+                        if self._retry_after is not None:
+                            wait = max(self.options.replay_interval, self._retry_after)
+                            self._next_replay = time.monotonic() + wait
+                        return
                 except Exception:
                     self.spool.release(claimed)
                     return
@@ -924,6 +1002,8 @@ class Pipeline:
             self._count_error(exc)
             if self._retryable(exc):
                 later = failed
+                self._retry_after = getattr(_cause(exc), "retry_after", None)
+                self.spool.note_error(_reason(exc))
             else:
                 more, bad, later, _ = self._isolate(failed, exc)
                 written += more
@@ -931,19 +1011,17 @@ class Pipeline:
         if bad:
             aside = [record for record, _ in bad]
             if len(aside) == len(records):
-                kept = self.spool.set_aside(claimed)
-            else:
-                kept = self.spool.write_failed(aside, kind)
-            self.stats.set_aside += len(aside)
-            report_once(
-                self.name,
-                bad[0][1],
-                len(aside),
-                f"they can never be written as they are and were set aside as {kept}",
-                outcome="set aside",
-            )
-            if len(aside) == len(records):
+                kept = self.spool.set_aside(claimed, _reason(bad[0][1]))
+                self.stats.set_aside += len(aside)
+                report_once(
+                    self.name,
+                    bad[0][1],
+                    len(aside),
+                    f"they can never be written as they are and were set aside as {kept}",
+                    outcome="set aside",
+                )
                 return True
+            self._set_aside(aside, bad[0][1], kind)
         if later:
             if len(later) < len(records):
                 self.spool.keep_only(claimed, later)  # the written part is not replayed again

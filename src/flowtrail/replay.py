@@ -13,6 +13,7 @@ handler, with the pipeline's own retry, isolation and set-aside rules.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import msgspec
 
 from flowtrail.config import ConfigError, Settings
-from flowtrail.spool import MANIFEST
+from flowtrail.spool import LAST_ERROR, MANIFEST
 
 
 @dataclass
@@ -37,6 +38,9 @@ class FolderSummary:
     oldest: float | None = None
     failed_files: int = 0
     failed_records: int = 0
+    #: Why records were last spooled or set aside here (secrets masked), and when.
+    last_error: str | None = None
+    last_error_at: float | None = None
 
 
 def _lines(path: Path) -> int:
@@ -63,13 +67,24 @@ def is_waiting(name: str) -> bool:
     return name.endswith(".jsonl") or name.endswith(".jsonl.open") or ".jsonl.claimed-" in name
 
 
-def manifest(folder: Path) -> dict[str, Any] | None:
-    """A folder's ``destination.json``, or None if it has none or it cannot be read."""
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = msgspec.json.decode((folder / MANIFEST).read_bytes())
+        data = msgspec.json.decode(path.read_bytes())
     except (OSError, msgspec.DecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def manifest(folder: Path) -> dict[str, Any] | None:
+    """A folder's ``destination.json``, or None if it has none or it cannot be read."""
+    return _read_json(folder / MANIFEST)
+
+
+def failed_reason(path: Path) -> str | None:
+    """Why a ``.failed`` file was set aside (its ``.why`` note), if known."""
+    note = _read_json(path.with_name(path.name + ".why"))
+    error = note.get("error") if note is not None else None
+    return error if isinstance(error, str) else None
 
 
 def folders(spool_root: Path) -> list[Path]:
@@ -96,6 +111,11 @@ def summarize(folder: Path) -> FolderSummary:
         elif name.endswith(".jsonl.failed"):
             summary.failed_files += 1
             summary.failed_records += _lines(path)
+    note = _read_json(folder / LAST_ERROR)
+    if note is not None and isinstance(note.get("error"), str):
+        summary.last_error = note["error"]
+        when = note.get("time")
+        summary.last_error_at = float(when) if isinstance(when, (int, float)) else None
     return summary
 
 
@@ -114,7 +134,8 @@ def revive_dead_letters(folder: Path) -> int:
             os.replace(path, path.with_name(path.name[: -len(".failed")]))
             moved += 1
         except OSError:
-            pass
+            continue
+        path.with_name(path.name + ".why").unlink(missing_ok=True)
     return moved
 
 
@@ -166,10 +187,12 @@ def replay_folder(
     folder: Path, handler: Any, progress: Callable[[int], None] | None = None
 ) -> ReplayResult:
     """Re-send what waits in ``folder`` to ``handler``'s destination through a pipeline
-    (its retries, isolation of records that can never be written, set-aside). Stops at
-    the first file the destination refuses for a reason that may pass; ``progress(n)``
-    is called with the records of each file handled."""
-    from flowtrail.pipeline import Pipeline, PipelineOptions
+    (its isolation of records that can never be written, set-aside). When the destination
+    refuses a file for a reason that may pass, the replay waits (backoff, or the
+    service's ``Retry-After``) and goes on, within the handler's ``max_retries`` and
+    ``retry_deadline``; then it stops, leaving the rest waiting. ``progress(n)`` is
+    called with the records of each file handled."""
+    from flowtrail.pipeline import Pipeline, PipelineOptions, retry_delay
 
     config = handler.config
     exporter = type(handler).from_config(config)
@@ -177,20 +200,34 @@ def replay_folder(
         spool_dir=str(folder),
         max_retries=getattr(config, "max_retries", 5),
         retry_deadline=getattr(config, "retry_deadline", 30.0),
+        spool_max_bytes=getattr(config, "spool_max_bytes", None),
     )
     pipeline = Pipeline(handler.describe(), exporter, options)
     result = ReplayResult()
+    deadline = time.monotonic() + options.retry_deadline
+    attempt = 0
     try:
-        for claimed, kind, records in claimed_files(pipeline):
-            try:
-                delivered = pipeline._replay_file(claimed, kind, records)
-            except BaseException:
-                pipeline.spool.release(claimed)
-                raise
-            if progress is not None:
-                progress(len(records))
-            if not delivered:
+        while True:
+            stalled = False
+            for claimed, kind, records in claimed_files(pipeline):
+                pipeline._retry_after = None
+                try:
+                    delivered = pipeline._replay_file(claimed, kind, records)
+                except BaseException:
+                    pipeline.spool.release(claimed)
+                    raise
+                if not delivered:
+                    stalled = True
+                    break
+                if progress is not None:
+                    progress(len(records))
+            if not stalled:
                 break
+            attempt += 1
+            delay = retry_delay(options, attempt, pipeline._retry_after)
+            if attempt > options.max_retries or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
         pipeline._sync()
     finally:
         pipeline._close_exporter()

@@ -272,13 +272,15 @@ class LiveSpan:
             }
         return overrides
 
-    def _enter(self, context: Any) -> None:
+    def _enter(self, context: Any, otel: bool = True) -> None:
         # The span itself is the run context of the code inside it: it has every
         # attribute of `RunContext`, so opening a span makes no second object.
+        # ``otel=False``: the span mirrors one OpenTelemetry makes current itself (an
+        # engine's own span, same ids), so it is not made OpenTelemetry's current span.
         self.fields = context.fields if context is not None else ()
         self._overrides = None
         self._token = current_run.set(self)
-        if _modules.get("opentelemetry.trace") is not None:
+        if otel and _modules.get("opentelemetry.trace") is not None:
             # OpenTelemetry's current span is this one while it is open.
             self._otel = otel_attach(self.trace_id, self.span_id, self.sampled)
         _OPEN[self] = None

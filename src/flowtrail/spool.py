@@ -22,7 +22,13 @@ folder after it is renamed into place.
 Each folder also holds ``destination.json`` (`MANIFEST`), written when a pipeline first
 spools there: the handler type and its options without secrets, from which
 ``flowtrail replay`` rebuilds the handler (secrets come from the environment or the
-configuration then).
+configuration then); and ``last-error.json`` (`LAST_ERROR`), why records were last
+spooled or set aside there. A ``.failed`` file has its reason beside it, in
+``<name>.why``. Texts written there have secrets masked.
+
+A spool is bounded (``spool_max_bytes``, per destination folder, dead letters included):
+records that would pass the bound are not written (`SpoolFull`), and the pipeline counts
+and reports them as lost, rather than filling the disk that the workflow also needs.
 
 Limits: a process killed between writing records to the store and recording that in the
 spool file (deleting it, or blanking the written lines) replays those records again.
@@ -30,6 +36,7 @@ spool file (deleting it, or blanking the written lines) replays those records ag
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -37,10 +44,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from flowtrail.config import mask_text
 from flowtrail.records import Metadata, decode_metadata, decode_span, encode_lines, sanitized
 
 #: The file naming a spool folder's destination (see the module docstring).
 MANIFEST = "destination.json"
+
+#: The file holding why records were last spooled or set aside in a folder.
+LAST_ERROR = "last-error.json"
+#: Seconds between re-reads of a folder's size (other processes write there too).
+_RESCAN = 1.0
 
 #: Record kinds a spool file can hold, and how to decode one line of each.
 DECODERS: dict[str, Callable[[bytes], Any]] = {"log": decode_metadata, "span": decode_span}
@@ -103,6 +116,22 @@ def encode_records(records: Sequence[Any]) -> bytes:
         return b"".join(parts)
 
 
+class SpoolFull(OSError):
+    """Writing these records would take the spool folder past ``spool_max_bytes``.
+    ``kept`` of them (the oldest) were written before the bound was reached."""
+
+    def __init__(self, message: str, kept: int = 0) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
+def _encode_by_kind(records: Sequence[Any]) -> dict[str, bytes]:
+    by_kind: dict[str, list[Any]] = {}
+    for record in records:
+        by_kind.setdefault(kind_of(record), []).append(record)
+    return {kind: encode_records(group) for kind, group in by_kind.items()}
+
+
 def _create(path: Path) -> IO[bytes]:
     """A new file readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -127,16 +156,76 @@ def sync_directory(directory: Path) -> None:
 class Spool:
     """One handler's spool directory."""
 
-    def __init__(self, directory: str | os.PathLike[str], manifest: bytes | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        manifest: bytes | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
         self.directory = Path(directory)
         #: The `MANIFEST` to write when this spool first writes a file (no secrets).
         self.manifest = manifest
+        #: The most bytes the folder may hold (None: unbounded).
+        self.max_bytes = max_bytes
+        self._used = 0
+        self._used_at: float | None = None
         # Re-entrant, and appends are one os.write: a signal handler that logs may
         # interrupt this thread in the middle of an append.
         self._lock = threading.RLock()
         self._open: dict[str, tuple[Path, int]] = {}
         #: Per claimed file: (record, offset, length) of each line, for `keep_only`.
         self._spans: dict[Path, list[tuple[Any, int, int]]] = {}
+
+    def size(self) -> int:
+        """Bytes of the folder's spool files (waiting and set aside)."""
+        total = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return 0
+        for entry in entries:
+            if ".jsonl" in entry.name:
+                try:
+                    total += entry.stat().st_size
+                except OSError:
+                    pass  # replayed meanwhile
+        return total
+
+    def _room(self) -> int | None:
+        """Bytes the folder may still take (None: unbounded)."""
+        if self.max_bytes is None:
+            return None
+        now = time.monotonic()
+        if self._used_at is None or now - self._used_at > _RESCAN:
+            self._used, self._used_at = self.size(), now
+        return self.max_bytes - self._used
+
+    def _full(self, kept: int = 0) -> SpoolFull:
+        self._used_at = None  # look again next time: a replay may have made room
+        return SpoolFull(
+            f"the spool folder {self.directory} holds {self._used} bytes and its limit is "
+            f"spool_max_bytes={self.max_bytes}: raise spool_max_bytes, or re-send or remove "
+            "what waits there (flowtrail spool, flowtrail replay)",
+            kept=kept,
+        )
+
+    def _make_room(self, size: int) -> None:
+        """Count ``size`` more bytes against ``max_bytes``; `SpoolFull` if they do not fit."""
+        room = self._room()
+        if room is None:
+            return
+        if size > room:
+            raise self._full()
+        self._used += size
+
+    def note_error(self, reason: str) -> None:
+        """Record why records were last spooled or set aside here (`LAST_ERROR`)."""
+        data = json.dumps({"time": time.time(), "error": mask_text(reason)}).encode()
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._write_file(self.directory / LAST_ERROR, data, f".{os.getpid()}.tmp", sync=False)
+        except OSError:
+            pass  # only `flowtrail spool` reads it
 
     def _new_path(self, kind: str, suffix: str) -> Path:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -151,40 +240,74 @@ class Spool:
 
     def write_batch(self, records: Sequence[Any], suffix: str = "") -> list[Path]:
         """Write records durably (fsync) to new finished spool files, one per kind;
-        ``suffix=".failed"`` sets them aside instead. Returns the files."""
-        by_kind: dict[str, list[Any]] = {}
-        for record in records:
-            by_kind.setdefault(kind_of(record), []).append(record)
+        ``suffix=".failed"`` sets them aside instead. Returns the files. `SpoolFull`
+        (nothing written) if they would take the folder past ``max_bytes``."""
+        encoded = _encode_by_kind(records)
+        size = sum(map(len, encoded.values()))
+        room = self._room()
+        if room is not None and size > room:
+            # Keep the oldest records that fit; the caller counts the others as lost.
+            fit = 0
+            for record in records:
+                room -= len(encode_records((record,)))
+                if room < 0:
+                    break
+                fit += 1
+            if fit:
+                kept = _encode_by_kind(list(records)[:fit])
+                self._used += sum(map(len, kept.values()))
+                self._write_groups(kept, suffix)
+            raise self._full(kept=fit)
+        self._used += size
+        return self._write_groups(encoded, suffix)
+
+    def _write_groups(self, encoded: dict[str, bytes], suffix: str) -> list[Path]:
         written = []
-        for kind, group in by_kind.items():
+        for kind, data in encoded.items():
             final = self._new_path(kind, suffix)
             # A ".open" temp file of a process that dies here is replayed (what it holds
             # was not written anywhere else); other temp files are not.
-            self._write_file(final, encode_records(group), ".open" if not suffix else ".tmp")
+            self._write_file(final, data, ".open" if not suffix else ".tmp")
             written.append(final)
         if written:
             sync_directory(self.directory)
         return written
 
     @staticmethod
-    def _write_file(final: Path, data: bytes, temp_suffix: str = ".tmp") -> None:
+    def _write_file(final: Path, data: bytes, temp_suffix: str = ".tmp", sync: bool = True) -> None:
         temp = final.with_name(final.name + temp_suffix)
         try:
             with _create(temp) as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
             os.replace(temp, final)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
 
-    def write_failed(self, records: Sequence[Any], kind: str = "log") -> Path:
+    def _write_reason(self, failed: Path, reason: str | None) -> None:
+        if reason is None:
+            return
+        data = json.dumps({"time": time.time(), "error": mask_text(reason)}).encode()
+        try:
+            self._write_file(failed.with_name(failed.name + ".why"), data, sync=False)
+        except OSError:
+            pass  # the records are kept; only the note of why is missing
+        self.note_error(reason)
+
+    def write_failed(
+        self, records: Sequence[Any], kind: str = "log", reason: str | None = None
+    ) -> Path:
         """Keep records that can never be written as they are in a new ``.failed``
-        file; return it."""
+        file, with ``reason`` beside it (``<file>.why``); return the file."""
+        data = encode_records(records)
+        self._make_room(len(data))
         final = self._new_path(kind, ".failed")
-        self._write_file(final, encode_records(records))
+        self._write_file(final, data)
         sync_directory(self.directory)
+        self._write_reason(final, reason)
         return final
 
     def keep_only(self, claimed: Path, records: Sequence[Any]) -> None:
@@ -235,6 +358,7 @@ class Spool:
         kind = kind_of(record)
         line = encode_records((record,))
         with self._lock:
+            self._make_room(len(line))
             entry = self._open.get(kind)
             if entry is None:
                 path = self._new_path(kind, ".open")
@@ -333,12 +457,14 @@ class Spool:
         self._spans.pop(claimed, None)
         claimed.unlink(missing_ok=True)
 
-    def set_aside(self, claimed: Path) -> Path:
-        """Keep a file that can never be replayed as ``<name>.failed`` (not replayed)."""
+    def set_aside(self, claimed: Path, reason: str | None = None) -> Path:
+        """Keep a file that can never be replayed as ``<name>.failed`` (not replayed),
+        with ``reason`` beside it."""
         self._spans.pop(claimed, None)
         target = claimed.with_name(claimed.name.split(".claimed-", 1)[0] + ".failed")
         os.replace(claimed, target)
         sync_directory(target.parent)
+        self._write_reason(target, reason)
         return target
 
     def release(self, claimed: Path) -> None:

@@ -3,7 +3,8 @@ JSON document, the HTML report, ``stats`` and the stores' ``runs()``).
 
 - ``error``: the run has an error or exception record, or a span that ended in error and
   was not followed by a successful retry (the next spans under the same parent, with no
-  other span between, of the same kind and name, one of which ended ``ok``). A failed
+  other span between, of the same kind and name, one of which ended ``ok``; other spans
+  may come between when the failed span has the `RETRIED_ATTEMPT` attribute). A failed
   attempt that was retried leaves the run ``ok`` and counts in ``retried``; so do the
   error records written inside it.
 - ``interrupted``: a span started and never ended and its writer is gone (killed, crashed),
@@ -41,6 +42,10 @@ RUNNING: Final = "running"
 STATUSES: Final = (ERROR, INTERRUPTED, RUNNING, OK)
 #: The status of an open span (a span start without its end).
 OPEN_SPAN_STATUS: Final = "unset"
+#: Attribute of a failed span whose work was sent to be retried (its value names the
+#: work, e.g. a task id): a later span of the same kind and name under the same parent
+#: that ended ok is its retry even with other spans started between them.
+RETRIED_ATTEMPT: Final = "attempt.of"
 
 
 class RunStatus(msgspec.Struct, frozen=True):
@@ -172,8 +177,13 @@ def run_status(
             for index, span in enumerate(group):
                 if span.status != ERROR or interrupted_by(span) is not None:
                     continue
+                # A span marked as an attempt that was sent again (a task retried through
+                # a queue) may have other spans between it and its retry.
+                interleaved = bool(span.attributes) and RETRIED_ATTEMPT in span.attributes
                 for later in group[index + 1 :]:
                     if (later.kind, later.name) != (span.kind, span.name):
+                        if interleaved:
+                            continue
                         break
                     if later.status == OK:
                         retried.add(span.span_id)

@@ -1,8 +1,10 @@
 """Open a store for reading by URL: ``sqlite:///relative/to.db`` (``sqlite:////abs.db``
 for an absolute path, as in SQLAlchemy), ``file://dir`` or a plain path (a ``.db`` or
 ``.sqlite`` file, a directory that holds ``flowtrail.db``, or a directory of
-``run_id=...`` folders). With no URL, the ``FLOWTRAIL_STORE`` environment variable, else
-the first storing handler of the configuration, else ``<log_dir>/flowtrail.db``.
+``run_id=...`` folders), or ``elasticsearch+http(s)://[user:password@]host:9200/index``
+(see `flowtrail.handlers.elastic.options_from_url`). With no URL, the
+``FLOWTRAIL_STORE`` environment variable, else the first storing handler of the
+configuration, else ``<log_dir>/flowtrail.db``.
 
 A store opened with ``check=True`` (the default) must be there and be a flowtrail store:
 a path that does not exist, a file that is not an SQLite database, or a database without
@@ -16,8 +18,9 @@ import sqlite3
 from pathlib import Path
 
 from flowtrail.config import ENV_PREFIX, ConfigError, mask_text, resolve_settings
-from flowtrail.handlers import FileHandler, SQLiteHandler, make_handler
+from flowtrail.handlers import ElasticHandler, FileHandler, SQLiteHandler, make_handler
 from flowtrail.handlers.base import StoreReader
+from flowtrail.handlers.elastic import is_elastic_url, options_from_url
 
 #: The environment variable naming the default store of the reading commands.
 STORE_VARIABLE = f"{ENV_PREFIX}STORE"
@@ -63,6 +66,10 @@ def check_store(store: StoreReader, source: str | None = None) -> None:
     origin = f" ({source})" if source else ""
     if isinstance(store, SQLiteHandler):
         _check_sqlite(Path(store.config.path), store.config.table_name, origin)
+    elif isinstance(store, ElasticHandler):
+        problem = store.check_store()
+        if problem:
+            raise StoreError(f"flowtrail: {problem}{origin}")
     elif isinstance(store, FileHandler):
         path = Path(store.config.path)
         if not path.exists():
@@ -119,6 +126,8 @@ def _configured() -> tuple[StoreReader, str]:
 
 
 def _from_url(url: str) -> StoreReader:
+    if is_elastic_url(url):
+        return ElasticHandler(**options_from_url(url))
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         path = rest[1:] if rest.startswith("/") and not rest.startswith("//") else rest
@@ -144,7 +153,7 @@ def _from_url(url: str) -> StoreReader:
         raise ConfigError(
             f"flowtrail: store URL {mask_text(url)!r} is not supported here; "
             "use sqlite:///path/to.db, "
-            "file://dir, or a path"
+            "file://dir, elasticsearch+http://host:9200/index, or a path"
         )
     local = Path(url)
     if local.suffix in (".db", ".sqlite", ".sqlite3") or local.is_file():

@@ -30,13 +30,23 @@ def iso_ns(text: str) -> int:
     return seconds * 1_000_000_000 + moment.microsecond * 1000
 
 
+#: Attributes of a node span (seed 004) that its ``[node.id]`` stands for.
+NODE_ATTRIBUTES = frozenset({"node.id", "node.type", "node.config"})
+
+
 def _attributes(span: Span) -> str:
     if not span.attributes:
         return ""
+    node_id = span.attributes.get("node.id")
+    if node_id is not None:  # seed 004: ``→ node.read_file [reader]``
+        rest = [(k, v) for k, v in span.attributes.items() if k not in NODE_ATTRIBUTES]
+        shown = [str(node_id), *(f"{key}={value}" for key, value in rest[:3])]
+        more = f", +{len(rest) - 3}" if len(rest) > 3 else ""
+        return f" [{', '.join(shown)}{more}]"
     items = list(span.attributes.items())
-    shown = ", ".join(f"{key}={value}" for key, value in items[:4])
+    shown_text = ", ".join(f"{key}={value}" for key, value in items[:4])
     more = f", +{len(items) - 4}" if len(items) > 4 else ""
-    return f" [{shown}{more}]"
+    return f" [{shown_text}{more}]"
 
 
 def _log_lines(record: Metadata, pad: str) -> list[str]:

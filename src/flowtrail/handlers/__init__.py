@@ -11,6 +11,7 @@ import msgspec
 from flowtrail.config import ConfigError, shown
 from flowtrail.handlers.base import BaseHandler, check_run_id
 from flowtrail.handlers.console import ConsoleHandler
+from flowtrail.handlers.elastic import ElasticHandler, ElasticsearchHandler
 from flowtrail.handlers.file import FileHandler
 from flowtrail.handlers.memory import MemoryHandler
 from flowtrail.handlers.restapi import RestAPIHandler
@@ -23,6 +24,7 @@ HANDLER_TYPES: dict[str, Any] = {
     "sqlite": SQLiteHandler,
     "memory": MemoryHandler,
     "restapi": RestAPIHandler,
+    "elastic": ElasticHandler,
     "otlp": "flowtrail.handlers.otlp:OTLPHandler",
 }
 
@@ -79,6 +81,8 @@ _from_dicts: dict[bytes, BaseHandler] = {}
 __all__ = [
     "BaseHandler",
     "ConsoleHandler",
+    "ElasticHandler",
+    "ElasticsearchHandler",
     "FileHandler",
     "HANDLER_TYPES",
     "MemoryHandler",

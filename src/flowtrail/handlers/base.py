@@ -75,9 +75,15 @@ class PipelineConfig(HandlerConfig, kw_only=True, frozen=True, forbid_unknown_fi
     #: ``block``.
     overflow: Literal["help", "spill", "drop", "block"] | None = None
     spool_dir: str | None = None
+    #: The most bytes this destination's spool folder may hold (dead letters included;
+    #: None: unbounded). Records past it are counted and reported as lost.
+    spool_max_bytes: Annotated[int, msgspec.Meta(gt=0)] | None = 1024**3
     max_retries: Annotated[int, msgspec.Meta(ge=0)] = 5
     retry_deadline: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
+
+#: Options added after the spool was keyed by destination: not part of legacy folder names.
+_NEWER_OPTIONS = ("spool_max_bytes",)
 
 _PIPELINE_ACCEPTED = {
     "batch_size": "a positive integer",
@@ -88,6 +94,7 @@ _PIPELINE_ACCEPTED = {
     "queue_bytes": "a positive number of bytes",
     "overflow": "one of 'help', 'spill', 'drop' (counted), 'block'",
     "spool_dir": "a directory path",
+    "spool_max_bytes": "a positive number of bytes, or null for no limit",
     "max_retries": "an integer >= 0",
     "retry_deadline": "a finite number of seconds >= 0",
     "timeout": "a finite number of seconds >= 0",
@@ -253,10 +260,15 @@ class BaseHandler(logging.Handler):
                 retry_deadline=config.retry_deadline,
                 legacy_spool_dirs=(f"{spool_root}/{self.legacy_spool_name()}",),
                 spool_manifest=self.spool_manifest(),
+                spool_max_bytes=config.spool_max_bytes,
+                max_export_batch=self.max_export_batch,
             )
             return self.describe(), exporter, options
 
         return get_pipeline(self.pipeline_key(), make, strict=strict)
+
+    #: The most records one export takes from a backlog (None: the pipeline's default).
+    max_export_batch: ClassVar[int | None] = None
 
     def destination(self) -> tuple[str, ...]:
         """Where records go: the type, then what names the place (a path or URL, a
@@ -301,7 +313,10 @@ class BaseHandler(logging.Handler):
         files are moved to `spool_name`'s folder and replayed."""
         import hashlib
 
-        digest = hashlib.sha256(self.pipeline_key()[1]).hexdigest()[:12]
+        options = msgspec.to_builtins(self.config)
+        for name in _NEWER_OPTIONS:
+            options.pop(name, None)
+        digest = hashlib.sha256(msgspec.json.encode(options)).hexdigest()[:12]
         return f"{self.type}-{digest}"
 
     def describe(self) -> str:

@@ -112,6 +112,10 @@ class RestAPIHandler(BaseHandler):
 
     config: RestAPIConfig
 
+    #: A backlog is sent in requests as large as the services take (the formats split
+    #: them to each service's limits), not in ``buffer_size`` pieces.
+    max_export_batch: ClassVar[int | None] = 10_000
+
     @classmethod
     def accepts_type(cls, name: str) -> bool:
         return str(name).lower() in ("rest", "rest_api", "restapi", "http")
