@@ -5,6 +5,7 @@ parents, states, attempts, run ids) and records read back from a real SQLite sto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace as otel_trace
 
+from flowtrail.context import current_run
 from flowtrail.handlers.sqlite import SQLiteHandler
 from flowtrail.integrations import prefect as traced
 from flowtrail.integrations._common import MissingEngine
@@ -62,6 +65,30 @@ def nightly() -> int:
     return total
 
 
+@task
+def part(i: int) -> int:
+    get_run_logger().info(f"part {i}")
+    std_log.warning(f"stdlib part {i}")
+    return i
+
+
+@task
+async def async_part(i: int) -> int:
+    get_run_logger().info(f"async part {i}")
+    return i
+
+
+@flow
+def fan_out() -> list[int]:
+    futures = [part.submit(i) for i in range(3)]  # run in Prefect's thread pool
+    return [future.result() for future in futures]
+
+
+@flow
+async def async_fan_out() -> list[int]:
+    return list(await asyncio.gather(*(async_part(i) for i in range(2))))
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[None]:
     with prefect_test_harness():
@@ -82,6 +109,9 @@ def store(tmp_path: Path, server: None) -> Iterator[SQLiteHandler]:
 def test_flow_runs_task_runs_states_and_attempts(store: SQLiteHandler, tmp_path: Path) -> None:
     CALLS.clear()
     assert nightly() == 6
+    # Nothing of the runs stays current afterwards, in flowtrail or in OpenTelemetry.
+    assert current_run.get() is None
+    assert not otel_trace.get_current_span().get_span_context().is_valid
     flush_all(10.0)
     runs = {r.run_id: r for r in store.runs()}
     (top,) = [r for r in runs.values() if r.parent_run_id is None]
@@ -142,6 +172,26 @@ def test_flow_runs_task_runs_states_and_attempts(store: SQLiteHandler, tmp_path:
         line.startswith("      ← attempt.fetch") and "✗ ConnectionError: api busy" in line
         for line in lines
     )
+
+
+@pytest.mark.slow
+def test_tasks_in_threads_and_async_tasks(store: SQLiteHandler) -> None:
+    assert fan_out() == [0, 1, 2]
+    assert asyncio.run(async_fan_out()) == [0, 1]
+    flush_all(10.0)
+    for flow_name, task_name, count in (("fan-out", "part", 3), ("async-fan-out", "async_part", 2)):
+        (run,) = [r for r in store.runs() if r.workflow_name == flow_name]
+        data = store.find_trace_with_id(run.run_id)
+        (root,) = [s for s in data.spans if s.kind == "workflow"]
+        tasks = [s for s in data.spans if s.kind == "stage"]
+        assert [s.name for s in tasks] == [task_name] * count
+        assert {s.parent_span_id for s in tasks} == {root.span_id}
+        by_message = {r.message: r.span_id for r in data.meta}
+        for i in range(count):
+            prefix = "part" if task_name == "part" else "async part"
+            (mine,) = [s for s in tasks if by_message[f"{prefix} {i}"] == s.span_id]
+            if task_name == "part":  # stdlib records from Prefect's worker threads too
+                assert by_message[f"stdlib part {i}"] == mine.span_id
 
 
 def test_uninstrumented_runs_write_nothing(server: None, tmp_path: Path) -> None:

@@ -252,3 +252,53 @@ print("HEAVY", heavy)
         result = run_python(code.replace("{block}", block), tmp_path)
         assert result.returncode == 0, result.stderr
         assert "HEAVY []" in result.stdout, result.stdout
+
+
+def test_stdlib_records_of_a_library_join_its_opentelemetry_span(sdk):
+    from flowtrail import FlowtrailLogHandler
+
+    tracer, _ = sdk
+    memory = MemoryHandler()
+    flow = get_trace("run-otel-stdlib", handlers=[memory])
+    logger = logging.getLogger("flowtrail-test-otel-library")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    bridge = FlowtrailLogHandler(trace=flow)
+    logger.addHandler(bridge)
+    try:
+        with tracer.start_as_current_span("outside") as outside:
+            logger.info("library log outside flowtrail")
+        with flow.span("stage", name="s") as stage:
+            logger.info("library log in the stage")
+            with tracer.start_as_current_span("db.query") as query:
+                logger.info("library log in its span")
+    finally:
+        logger.removeHandler(bridge)
+    records = {r.message: r for r in memory.records}
+    out = records["library log outside flowtrail"]
+    assert out.trace_id == hexid(outside.get_span_context().trace_id, 32)
+    assert out.span_id == hexid(outside.get_span_context().span_id)
+    assert records["library log in the stage"].span_id == stage.span_id
+    inner = records["library log in its span"]
+    assert inner.span_id == hexid(query.get_span_context().span_id)
+    assert inner.parent_span_id == stage.span_id and inner.trace_id == stage.trace_id
+
+
+def test_the_direct_handler_form_joins_the_opentelemetry_span_too(sdk):
+    tracer, _ = sdk
+    direct = MemoryHandler(run_id="run-otel-direct")
+    logger = logging.getLogger("flowtrail-test-otel-direct")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(direct)
+    try:
+        logger.info("no span")
+        with tracer.start_as_current_span("request") as request:
+            logger.info("in the request")
+    finally:
+        logger.removeHandler(direct)
+    records = {r.message: r for r in direct.records}
+    assert records["no span"].span_id is None
+    inside = records["in the request"]
+    assert inside.trace_id == hexid(request.get_span_context().trace_id, 32)
+    assert inside.span_id == hexid(request.get_span_context().span_id)

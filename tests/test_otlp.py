@@ -512,6 +512,7 @@ def test_secrets_stay_out_of_repr_errors_manifest_and_spool_names(monkeypatch, t
         assert SECRET not in text, text
     (request,) = handler.format_payload([Metadata(run_id="r", message="m")])
     assert request.header("x-honeycomb-team") == SECRET and request.header("x-api") == SECRET
+    assert SECRET not in repr(request) and "x-honeycomb-team" in repr(request)
     assert set(handler.delivery("logs")._secrets) >= {SECRET}
 
 
@@ -630,11 +631,15 @@ def test_an_outage_spools_and_a_replay_delivers_every_record_once(collector, tmp
     assert pipeline.stats.spooled == 51 and pipeline.stats.exported == 0
     back = Collector(port)
     try:
-        from flowtrail.replay import replay_folder
+        from flowtrail.replay import handler_for, replay_folder
 
         (folder,) = [p for p in (tmp_path / "spool").iterdir() if p.is_dir()]
         manifest = json.loads((folder / "destination.json").read_text())
         assert manifest["type"] == "otlp" and "headers" not in manifest["options"]
+        # `flowtrail replay` without the configuration rebuilds the same destination
+        # from destination.json.
+        rebuilt = handler_for(folder, trace.settings)
+        assert isinstance(rebuilt, OTLPHandler) and rebuilt.spool_name() == folder.name
         result = replay_folder(folder, handler.bound(trace.settings))
         assert result.sent == 51 and result.waiting == 0
         assert sorted(back.bodies()) == sorted(messages)

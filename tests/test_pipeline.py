@@ -107,6 +107,7 @@ def wait_for(condition: Any, timeout: float = 10.0) -> bool:
 
 def test_get_trace_per_stage_starts_at_most_one_worker(tmp_path: Path) -> None:
     spec = {"type": "file", "path": str(tmp_path / "store")}
+    get_trace("warm-up", handlers=[MemoryHandler()])  # the process-wide signal watcher, once
     before = threading.active_count()
     traces = [get_trace(f"stage-{i}", parent_run_id="job-1", handlers=[spec]) for i in range(100)]
     assert threading.active_count() <= before  # creating traces starts nothing

@@ -53,6 +53,9 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     records: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    #: Names (lowercase) of more headers whose values are secrets, whatever their name
+    #: (OTLP headers carry API keys under any name).
+    secret_headers: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (case-insensitive), if set."""
@@ -63,7 +66,10 @@ class Request:
         return None
 
     def __repr__(self) -> str:
-        shown = tuple((key, "***" if _secret_header(key) else value) for key, value in self.headers)
+        shown = tuple(
+            (key, "***" if _secret_header(key) or key.lower() in self.secret_headers else value)
+            for key, value in self.headers
+        )
         return (
             f"Request({self.method} {mask_text(self.url)}, headers={shown}, "
             f"{len(self.body)} bytes, {len(self.records)} record(s))"

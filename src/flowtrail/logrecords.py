@@ -28,7 +28,10 @@ from flowtrail.context import (
     make_cut_id,
     safe_run_id,
 )
+from flowtrail.otelbridge import attached_span, otel_current, parent_of
 from flowtrail.records import CONTEXT_FIELDS, ERROR_LEVELS, Metadata
+
+_modules = sys.modules
 
 _LEVEL_NAMES = {
     logging.DEBUG: "debug",
@@ -70,6 +73,29 @@ def record_level(record: logging.LogRecord) -> str:
     return level_name(record.levelno)
 
 
+def _join_otel_span(fields: dict[str, Any], context: Any) -> None:
+    """Give the record the ids of OpenTelemetry's current span when it is not the open
+    flowtrail span (a library's span, or one outside flowtrail's): see
+    `flowtrail.otelbridge`."""
+    live = context.live if context is not None else None
+    own = getattr(live, "_otel", None)  # `live` may be another kind of context
+    if live is not None and own is None:
+        return  # a flowtrail span that is not OpenTelemetry's: its ids stand
+    current = otel_current()
+    if own is not None and current is attached_span(own):
+        return
+    outer = parent_of(current)
+    if outer is None:
+        return
+    if live is None:
+        fields["trace_id"] = outer.trace_id
+        fields["span_id"] = outer.span_id
+        fields.pop("parent_span_id", None)
+    elif outer.trace_id == fields.get("trace_id") and outer.span_id != fields.get("span_id"):
+        fields["parent_span_id"] = fields.get("span_id")
+        fields["span_id"] = outer.span_id
+
+
 def metadata_from_log_record(
     record: logging.LogRecord,
     settings: Settings,
@@ -91,6 +117,8 @@ def metadata_from_log_record(
         if context.span_id:
             fields["span_id"] = context.span_id
             fields["parent_span_id"] = context.parent_span_id
+    if _modules.get("opentelemetry.trace") is not None:
+        _join_otel_span(fields, context)
     if not run_id:
         run_id = safe_run_id(record.name)
     level = record_level(record)

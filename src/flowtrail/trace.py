@@ -278,17 +278,23 @@ def _in_otel_span(record: Metadata, context: ActiveContext | None) -> Metadata:
     """The record with the ids of OpenTelemetry's current span when that span is not
     the open flowtrail span (`flowtrail.otelbridge`): outside flowtrail spans, or in a
     span an instrumented library started inside one."""
-    current = otel_current()
     live = context.live if context is not None else None
-    if live is not None and live._otel is not None and current is attached_span(live._otel):
+    own = getattr(live, "_otel", None)  # `live` may be another kind of context
+    if live is not None and own is None:
+        # A flowtrail span that is not OpenTelemetry's (opened before OpenTelemetry
+        # was imported, or mirroring an engine's own span): its ids stand.
+        return record
+    current = otel_current()
+    if own is not None and current is attached_span(own):
         return record  # OpenTelemetry's current span is the open flowtrail span
     outer = parent_of(current)
     if outer is None:
         return record
     if live is None:
         return _replace(record, trace_id=outer.trace_id, span_id=outer.span_id)
-    if outer.span_id != live.span_id and outer.trace_id == live.trace_id:
-        return _replace(record, span_id=outer.span_id, parent_span_id=live.span_id)
+    # A span started inside the flowtrail span (the record carries its ids already).
+    if outer.span_id != record.span_id and outer.trace_id == record.trace_id:
+        return _replace(record, span_id=outer.span_id, parent_span_id=record.span_id)
     return record
 
 
@@ -523,6 +529,8 @@ class Trace:
         )
         if context is not None and context.live is not None:
             meta = _in_span(meta, context)
+        if _modules.get("opentelemetry.trace") is not None:
+            meta = _in_otel_span(meta, context)
         if record.exc_info and record.exc_info[1] is not None:
             meta = self._with_exception(meta, record.exc_info[1])
         self._submit(meta)
@@ -614,16 +622,18 @@ class Trace:
         """A span whose parent may be OpenTelemetry's current span: outside any flowtrail
         span, it joins that span's trace as its child; inside one, a span that
         OpenTelemetry started inside it (an instrumented library's) is its parent."""
+        own = getattr(parent, "_otel", None)  # `parent` may be another kind of context
+        if parent is not None and own is None:
+            # A parent that is not OpenTelemetry's current span (see `_in_otel_span`).
+            return LiveSpan(self, kind, name, attributes, parent, self._remote)
         current = otel_current()
-        if (
-            parent is not None
-            and parent._otel is not None
-            and current is attached_span(parent._otel)
-        ):
+        if own is not None and current is attached_span(own):
             outer = None  # OpenTelemetry's current span is the flowtrail parent itself
         else:
             outer = parent_of(current)
-        if outer is None or (parent is not None and outer.span_id == parent.span_id):
+        if outer is None or (
+            parent is not None and outer.span_id == getattr(parent, "span_id", "")
+        ):
             return LiveSpan(self, kind, name, attributes, parent, self._remote)
         if parent is None:
             live = LiveSpan(self, kind, name, attributes, None, outer)

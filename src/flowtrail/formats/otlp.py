@@ -2,11 +2,14 @@
 spans an ``ExportTraceServiceRequest`` (``/v1/traces``). Pure: nothing is sent here.
 
 Protobuf uses the official ``opentelemetry-proto`` messages (the optional ``[otlp]``
-extra, imported on first use). A request is built as one nested structure of plain
-dicts and lists that the message constructor turns into the message in C (upb): about
-three times cheaper than making one message object per record and attribute. The
-attribute entries that repeat from record to record (the file, the run, the workflow,
-the thread) are made once and shared.
+extra, imported on first use). Each record is given to the message constructor as plain
+dicts and lists, which it converts in C (upb). What repeats from record to record (the
+run, process, thread, file and line, workflow; for spans also the kind and trace id) is
+serialized once per distinct combination by the same message class and joined with the
+serialization of each record's own fields: protobuf parses the concatenation of two
+serializations of a message as one message (`OTLPEncoder._assemble`). About 3 µs a record
+and 4.5 µs a span; `logs_dict`/`traces_dict` describe the same requests as nested dicts
+(JSON is made from them, and a test checks both give the same message).
 
 JSON follows the OTLP/JSON rules: lowerCamelCase field names, trace and span ids as hex
 (not base64), 64-bit integers as strings, enums as their numbers, defaults left out.
@@ -121,6 +124,7 @@ _LOG_UNIQUE: Final[tuple[str, ...]] = (
 #: Span fields whose attributes repeat from span to span, and those that do not.
 _SPAN_SHARED: Final[tuple[str, ...]] = (
     "kind",
+    "trace_id",  # in the serialized part, not an attribute
     "run_id",
     "parent_run_id",
     "process",
@@ -372,6 +376,7 @@ class OTLPEncoder:
         self._kv: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._shared_cache: dict[tuple[Any, ...], list[Any]] = {}
         self._attribute_cache: dict[tuple[Any, ...], bytes] = {}
+        self._status_bytes: dict[str, bytes] = {}
         self._seconds: dict[str, int] = {}
         self._proto: Any = None
 
@@ -454,7 +459,8 @@ class OTLPEncoder:
         for name, value in zip(names, values, strict=True):
             if value is None or value == "" or (name == "hostname" and value == self._host):
                 continue
-            attributes.append(entry(ATTRIBUTE_NAMES[name], value))
+            if name != "trace_id":
+                attributes.append(entry(ATTRIBUTE_NAMES[name], value))
         return attributes
 
     def _log_unique(self, record: Metadata) -> list[dict[str, Any]]:
@@ -682,34 +688,42 @@ class OTLPEncoder:
         own = self._span_own_attributes
         ids = _ids
         kinds = SPAN_KINDS
+        statuses = self._status_bytes
+        if not statuses:
+            for code_name, code in _STATUS.items():
+                statuses[code_name] = message(status=code).SerializeToString()
         for span in spans:
-            found = shared(_span_shared_key(span), _SPAN_SHARED, self._span_shared)
+            values = _span_shared_key(span)
+            found = shared(values, _SPAN_SHARED, self._span_shared)
             head = found[1]
-            if head is None:
-                head = found[1] = message(attributes=found[0]).SerializeToString()
+            if head is None:  # the span's kind, trace id and shared attributes
+                head = found[1] = message(
+                    kind=kinds.get(values[0], 1),
+                    trace_id=_id_bytes(values[1], 16) or b"",
+                    attributes=found[0],
+                ).SerializeToString()
             pieces = [head]
             for name, key in _SPAN_REPEATING:
                 value = getattr(span, name)
                 if value is not None:
                     piece = cached.get((key, value, value.__class__))
                     pieces.append(piece if piece is not None else attribute(key, value))
-            # The fields of `_span_fields` without the repeating attributes, passed
-            # straight to the constructor.
+            status_bytes = statuses.get(span.status)
+            if status_bytes is not None:
+                pieces.append(status_bytes)
+            # The other fields of `_span_fields`, straight to the constructor.
             parent_id = span.parent_span_id
-            status = _STATUS.get(span.status) or self._status(span)
             pieces.append(
                 message(
-                    trace_id=ids.get(span.trace_id) or _id_bytes(span.trace_id, 16) or b"",
                     span_id=_parse_id(span.span_id, 8) or b"",
                     parent_span_id=(ids.get(parent_id) or _id_bytes(parent_id, 8) or b"")
                     if parent_id
                     else b"",
                     name=span.name,
-                    kind=kinds.get(span.kind, 1),
                     start_time_unix_nano=span.start_ns,
                     end_time_unix_nano=span.end_ns,
                     attributes=own(span),
-                    status=status,
+                    status=self._status(span) if status_bytes is None else None,
                     events=[self._event(event) for event in span.events] if span.events else (),
                 ).SerializeToString()
             )

@@ -333,10 +333,10 @@ class OTLPHandler(BaseHandler):
         if settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
             headers.append(("Content-Encoding", "gzip"))
-        names = {key.lower() for key, _ in settings.headers}
+        names = frozenset(key.lower() for key, _ in settings.headers)
         headers = [(k, v) for k, v in headers if k.lower() not in names]
         headers.extend(settings.headers)
-        return Request("POST", settings.url, tuple(headers), body, tuple(items))
+        return Request("POST", settings.url, tuple(headers), body, tuple(items), names)
 
     def pipeline(self, strict: bool = False) -> Pipeline:
         """The process's pipeline for this handler, its exporter made ready to send
@@ -410,7 +410,7 @@ class OTLPHandler(BaseHandler):
         failed: list[Any] = []
         cause: DeliveryError | None = None
         for index, request in enumerate(requests):
-            signal = "logs" if request.records[0].__class__ is Metadata else "traces"
+            signal = "logs" if isinstance(request.records[0], Metadata) else "traces"
             try:
                 response = self.delivery(signal).send(request)
             except DeliveryError as exc:
