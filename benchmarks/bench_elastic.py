@@ -151,6 +151,8 @@ def million(url: str, n: int = 1_000_000, runs: int = 1000) -> dict:
                 trace.error(f"failure in run {r}")
             else:
                 trace.info(f"record {i} needle{i % 1000}")
+        if r % 100 == 99:
+            handler.flush(1200)  # keeps the queue under its size: nothing spills
     handler.flush(1200)
     es_request(f"{url}/{index}/_refresh", "POST", timeout=600)
     load = time.perf_counter() - started
