@@ -220,12 +220,20 @@ class Spool:
 
     def note_error(self, reason: str) -> None:
         """Record why records were last spooled or set aside here (`LAST_ERROR`)."""
-        data = json.dumps({"time": time.time(), "error": mask_text(reason)}).encode()
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._write_file(self.directory / LAST_ERROR, data, f".{os.getpid()}.tmp", sync=False)
         except OSError:
-            pass  # only `flowtrail spool` reads it
+            return  # only `flowtrail spool` reads it
+        self._write_note(self.directory / LAST_ERROR, reason)
+
+    def _write_note(self, path: Path, reason: str) -> None:
+        """A small JSON note of why (time, error with secrets masked); never raises: the
+        records are kept whether or not the note of why could be written."""
+        data = json.dumps({"time": time.time(), "error": mask_text(reason)}).encode()
+        try:
+            self._write_file(path, data, f".{os.getpid()}.tmp", sync=False)
+        except OSError:
+            pass
 
     def _new_path(self, kind: str, suffix: str) -> Path:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -290,11 +298,7 @@ class Spool:
     def _write_reason(self, failed: Path, reason: str | None) -> None:
         if reason is None:
             return
-        data = json.dumps({"time": time.time(), "error": mask_text(reason)}).encode()
-        try:
-            self._write_file(failed.with_name(failed.name + ".why"), data, sync=False)
-        except OSError:
-            pass  # the records are kept; only the note of why is missing
+        self._write_note(failed.with_name(failed.name + ".why"), reason)
         self.note_error(reason)
 
     def write_failed(
