@@ -147,14 +147,9 @@ def _time_options(what: str) -> Any:
 
 
 def _in_range(text: str | None, since: datetime | None, until: datetime | None) -> bool:
-    from flowtrail.handlers.query import parse_time
+    from flowtrail.handlers.query import time_in_range
 
-    if since is None and until is None:
-        return True
-    if not text:
-        return False
-    moment = parse_time(text)
-    return (since is None or moment >= since) and (until is None or moment <= until)
+    return time_in_range(text, since, until)
 
 
 def _short_time(text: str | None) -> str:
@@ -610,7 +605,7 @@ def stats(
 ) -> None:
     """Span statistics: count, min, p50, p95, max, mean, errors, success rate."""
     from flowtrail.formats.tree import duration_text
-    from flowtrail.metrics import aggregate, metrics_dict
+    from flowtrail.metrics import metrics_dict
 
     store = _store(store_url)
     if run_id is not None:
@@ -622,17 +617,17 @@ def stats(
         workflow = latest[0].workflow_name
         if workflow is None:
             run_id = latest[0].run_id
-    spans = store.spans(run_id=run_id, workflow=workflow if run_id is None else None)
-    spans = [s for s in spans if _in_range(s.start_time, since, until)]
-    if not spans:
+    found_metrics = store.span_metrics(
+        run_id=run_id, workflow=workflow if run_id is None else None, since=since, until=until
+    )
+    if found_metrics is None:
         scope = f"run {run_id}" if run_id else f"workflow {workflow!r}"
         if run_id:  # a run still running (or cut short) may have no finished span yet
             found = [s for s in store.runs() if s.run_id == run_id]
             scope += f" (status {found[0].status_text})" if found else ""
         raise click.ClickException(f"no spans of {scope} found in {_where()}")
-    metrics = aggregate(spans)
+    metrics, in_scope = found_metrics
     # The runs' statuses, by the one rule (`flowtrail.status`).
-    in_scope = {s.run_id for s in spans}
     statuses: dict[str, int] = {}
     run_status_text = None
     for summary in store.runs(workflow=workflow if run_id is None else None):

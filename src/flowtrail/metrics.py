@@ -19,12 +19,31 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         raise ValueError("percentile of no values")
     ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = math.ceil(position)
-    if low == high:
-        return ordered[low]
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    low, _ = rank_window(len(ordered), q)
+    found = percentile_in_window(ordered[low : low + 2], low, len(ordered), q)
+    assert found is not None
+    return found
+
+
+def rank_window(count: int, q: float) -> tuple[int, int]:
+    """The ranks (0-based, in ascending order) of the one or two values that the ``q``-th
+    percentile of ``count`` values interpolates between."""
+    position = (count - 1) * q / 100.0
+    return math.floor(position), math.ceil(position)
+
+
+def percentile_in_window(window: Sequence[float], low: int, count: int, q: float) -> float | None:
+    """The ``q``-th percentile of ``count`` values from ``window``, the values at ranks
+    ``low``, ``low + 1``, ... in ascending order (as `percentile` computes it); None when
+    the window does not hold the ranks it needs. Lets a store read two values, not all."""
+    position = (count - 1) * q / 100.0
+    first, last = rank_window(count, q)
+    if first < low or last - low >= len(window):
+        return None
+    below = window[first - low]
+    if first == last:
+        return below
+    return below + (window[last - low] - below) * (position - first)
 
 
 class SpanStats(msgspec.Struct, kw_only=True):
@@ -116,27 +135,50 @@ def aggregate(spans: Sequence[Span]) -> Metrics:
     by_run: dict[str, list[Span]] = {}
     for span in spans:
         by_run.setdefault(span.run_id, []).append(span)
-    errors = sum(1 for span in spans if span.status == "error")
+    return summarize_metrics(
+        [_stats(kind, name, group) for (kind, name), group in sorted(groups.items())],
+        kinds,
+        {run: run_duration_ms(group) for run, group in by_run.items()},
+        min((s.start_ns for s in spans), default=None),
+        max((s.end_ns for s in spans), default=None),
+    )
+
+
+def summarize_metrics(
+    by_name: list[SpanStats],
+    kinds: dict[str, int],
+    run_durations_ms: dict[str, float],
+    first_start_ns: int | None,
+    last_end_ns: int | None,
+) -> Metrics:
+    """`Metrics` from the statistics of each span kind and name, the span count of each
+    kind, each run's wall time, and the first start and last end of all the spans: what a
+    store that aggregates where the spans are (Elasticsearch) has, without the spans."""
+    count = sum(stats.count for stats in by_name)
+    errors = sum(stats.errors for stats in by_name)
+    peaks = [s.peak_memory_mb for s in by_name if s.peak_memory_mb is not None]
     run_durations = None
-    if len(by_run) > 1:
+    if len(run_durations_ms) > 1:
         fake = [
-            Span(
-                run_id=run, trace_id="", span_id=run, name="run", duration_ms=run_duration_ms(group)
-            )
-            for run, group in by_run.items()
+            Span(run_id=run, trace_id="", span_id=run, name="run", duration_ms=duration)
+            for run, duration in run_durations_ms.items()
         ]
         run_durations = _stats("run", "run", fake)
+    if len(run_durations_ms) > 1:
+        total = sum(run_durations_ms.values())
+    elif first_start_ns is None or last_end_ns is None:
+        total = 0.0
+    else:
+        total = (last_end_ns - first_start_ns) / 1e6
     return Metrics(
-        span_count=len(spans),
+        span_count=count,
         error_count=errors,
-        success_rate=(len(spans) - errors) / len(spans) if spans else 1.0,
-        total_duration_ms=run_duration_ms(spans)
-        if len(by_run) <= 1
-        else sum(run_duration_ms(group) for group in by_run.values()),
-        peak_memory_mb=_peak(spans),
+        success_rate=(count - errors) / count if count else 1.0,
+        total_duration_ms=total,
+        peak_memory_mb=max(peaks) if peaks else None,
         kinds=kinds,
-        by_name=[_stats(kind, name, group) for (kind, name), group in sorted(groups.items())],
-        runs=len(by_run),
+        by_name=by_name,
+        runs=len(run_durations_ms),
         run_durations=run_durations,
     )
 

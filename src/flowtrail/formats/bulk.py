@@ -118,7 +118,8 @@ SPAN_PROPERTIES: dict[str, Any] = {
     "kind": _KEYWORD,
     "parent_span_id": _KEYWORD,
     "parent_run_id": _KEYWORD,
-    "start_time": _KEYWORD,
+    # ``start_time.at``: the start as a time, for ranges whatever the time zone written.
+    "start_time": {"type": "keyword", "fields": {"at": {"type": "date_nanos"}}},
     "end_time": _KEYWORD,
     "start_ns": {"type": "long"},
     "end_ns": {"type": "long"},

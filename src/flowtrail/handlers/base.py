@@ -35,7 +35,10 @@ from flowtrail.pipeline import Pipeline, PipelineOptions, all_pipelines, get_pip
 from flowtrail.records import Metadata, Span, TraceData
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from flowtrail.handlers.query import RecordCounts
+    from flowtrail.metrics import Metrics
     from flowtrail.records import RunSummary
 
 
@@ -572,3 +575,24 @@ class StoreReader:
     ) -> list[Any]:
         """Finished spans, oldest first, filtered by run, workflow or trace."""
         raise NotImplementedError
+
+    def span_metrics(
+        self,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[Metrics, frozenset[str]] | None:
+        """Statistics of the finished spans of one run (``run_id``), or else of the runs of
+        ``workflow``, that started between ``since`` and ``until`` (`flowtrail.metrics`),
+        and the ids of the runs they come from; None when there is no such span. This
+        reads the spans; a store that can aggregate where they are does that instead."""
+        from flowtrail.handlers.query import time_in_range
+        from flowtrail.metrics import aggregate
+
+        spans = self.spans(run_id=run_id, workflow=workflow if run_id is None else None)
+        spans = [s for s in spans if time_in_range(s.start_time, since, until)]
+        if not spans:
+            return None
+        return aggregate(spans), frozenset(s.run_id for s in spans)

@@ -365,7 +365,7 @@ class ElasticHandler(ElasticReader, BaseHandler):
             body = msgspec.json.encode(body)
         headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
         headers += self.auth_headers()
-        if path.startswith("/_bulk") or path.endswith("/_bulk"):
+        if path.split("?")[0].endswith(("/_bulk", "/_msearch")):
             headers[0] = ("Content-Type", "application/x-ndjson")
         if gzip and body:
             body = bulk.compress(body)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +32,13 @@ from flowtrail.handlers.query import (
     without_log_events,
 )
 from flowtrail.lifecycle import INTERRUPTED
+from flowtrail.metrics import (
+    Metrics,
+    SpanStats,
+    percentile_in_window,
+    rank_window,
+    summarize_metrics,
+)
 from flowtrail.records import ERROR_LEVELS, Metadata, RunSummary, Span, TraceData
 from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, run_status, split_open
 from flowtrail.timeparse import parse_time_filter
@@ -43,6 +51,24 @@ BUCKETS = 1000
 _RECORD_SORT = [{"datetime": "asc"}, {"seq": "asc"}]
 _RECORD_SORT_DESC = [{"datetime": "desc"}, {"seq": "desc"}]
 _SPAN_SORT = [{"start_ns": "asc"}, {"span_id": "asc"}, {"trace_id": "asc"}]
+#: Groups of at most this many spans get exact percentiles (``index.max_result_window``).
+RANKED = 10_000
+#: Searches per ``_msearch`` request.
+MSEARCH = 200
+_NAME_AGGS: dict[str, Any] = {
+    "duration": {"stats": {"field": "duration_ms"}},
+    "errors": {"filter": {"term": {"status": "error"}}},
+    "mem_start": {"max": {"field": "memory_start_mb"}},
+    "mem_end": {"max": {"field": "memory_end_mb"}},
+    "tdigest": {"percentiles": {"field": "duration_ms", "percents": [50, 95]}},
+    "first": {"top_hits": {"size": 1, "sort": [{"start_ns": "asc"}], "_source": ["start_ns"]}},
+}
+# Nanoseconds are read from a document: a ``min``/``max`` (and osmem's terms keys) of a
+# long is a double, off by up to 256 ns.
+_RUN_AGGS: dict[str, Any] = {
+    "start": {"top_hits": {"size": 1, "sort": [{"start_ns": "asc"}], "_source": ["start_ns"]}},
+    "end": {"top_hits": {"size": 1, "sort": [{"end_ns": "desc"}], "_source": ["end_ns"]}},
+}
 _OPEN = {"bool": {"filter": [{"term": {"status": OPEN_SPAN_STATUS}}, {"term": {"end_ns": 0}}]}}
 _FINISHED = {"bool": {"must_not": [_OPEN]}}
 
@@ -96,6 +122,14 @@ def _run_query(run_id: str, include_children: bool) -> dict[str, Any]:
 def _wildcard_text(text: str) -> str:
     escaped = text.lower().replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
     return f"*{escaped}*"
+
+
+def _estimate(values: dict[str, Any], q: int) -> float:
+    """The percentile ``q`` of a ``percentiles`` aggregation's values."""
+    for key, value in values.items():
+        if float(key) == q:
+            return float(value)
+    raise KeyError(q)
 
 
 def _top(aggs: dict[str, Any], name: str) -> Any:
@@ -203,13 +237,23 @@ class ElasticReader(StoreReader):
             _span.decode(raw) for raw in self._scan(self.spans_target, query, _SPAN_SORT, **options)
         ]
 
-    def _composite(self, target: str, query: dict[str, Any], aggs: dict[str, Any]) -> Iterator[Any]:
-        """Every bucket of a composite aggregation by run id (paged)."""
+    def _composite(
+        self,
+        target: str,
+        query: dict[str, Any],
+        aggs: dict[str, Any],
+        sources: Sequence[str] = ("run_id",),
+    ) -> Iterator[Any]:
+        """Every bucket of a composite aggregation by run id, or by the ``sources`` fields
+        (paged; a bucket's key names a run id ``run``, another field by its name)."""
         after: dict[str, Any] | None = None
         while True:
             composite: dict[str, Any] = {
                 "size": BUCKETS,
-                "sources": [{"run": {"terms": {"field": "run_id"}}}],
+                "sources": [
+                    {"run" if field == "run_id" else field: {"terms": {"field": field}}}
+                    for field in sources
+                ],
             }
             if after is not None:
                 composite["after"] = after
@@ -429,6 +473,127 @@ class ElasticReader(StoreReader):
             if value is not None:
                 clauses.append({"term": {field: value}})
         return self._spans({"bool": {"filter": clauses}}, limit=limit)
+
+    def span_metrics(
+        self,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[Metrics, frozenset[str]] | None:
+        """`StoreReader.span_metrics` by aggregations: per span kind and name the count,
+        errors, min, max, sum and peak memory; per run its first start and last end; the
+        p50 and p95 are read exactly, a span at each rank of a ``_msearch`` (the
+        cluster's TDigest estimate for a name with more than `RANKED` spans)."""
+        self._ready()
+        clauses: list[Any] = [_FINISHED]
+        if run_id is not None:
+            clauses.append({"term": {"run_id": run_id}})
+        elif workflow is not None:
+            clauses.append({"term": {"workflow_name": workflow}})
+        bounds = {
+            edge: moment.isoformat()
+            for edge, moment in (("gte", since), ("lte", until))
+            if moment is not None
+        }
+        if bounds:
+            clauses.append({"range": {"start_time.at": bounds}})
+        query = {"bool": {"filter": clauses}}
+        target = self.spans_target
+        groups = list(self._composite(target, query, _NAME_AGGS, sources=("kind", "name")))
+        if not groups:
+            return None
+        runs: dict[str, float] = {}
+        first_start: int | None = None
+        last_end: int | None = None
+        for bucket in self._composite(target, query, _RUN_AGGS):
+            start, end = _top(bucket, "start")["start_ns"], _top(bucket, "end")["end_ns"]
+            runs[bucket["key"]["run"]] = (end - start) / 1e6
+            first_start = start if first_start is None else min(first_start, start)
+            last_end = end if last_end is None else max(last_end, end)
+        ranked = self._ranked_durations(query, groups)
+        by_name: list[SpanStats] = []
+        kinds: dict[str, int] = {}
+        for bucket in groups:
+            kind, name = bucket["key"]["kind"], bucket["key"]["name"]
+            stats = bucket["duration"]
+            count, errors = int(stats["count"]), int(bucket["errors"]["doc_count"])
+            kinds[kind] = kinds.get(kind, 0) + count
+            estimate = bucket["tdigest"]["values"]
+            p50, p95 = (ranked.get((kind, name, q), _estimate(estimate, q)) for q in (50, 95))
+            peaks = [bucket[m]["value"] for m in ("mem_start", "mem_end")]
+            peaks = [value for value in peaks if value is not None]
+            by_name.append(
+                SpanStats(
+                    kind=kind,
+                    name=name,
+                    count=count,
+                    errors=errors,
+                    success_rate=(count - errors) / count,
+                    min_ms=stats["min"],
+                    max_ms=stats["max"],
+                    mean_ms=stats["sum"] / count,
+                    p50_ms=p50,
+                    p95_ms=p95,
+                    total_ms=stats["sum"],
+                    peak_memory_mb=max(peaks) if peaks else None,
+                )
+            )
+        # The kinds in the order their first span started, as `aggregate` counts them.
+        firsts: dict[str, int] = {}
+        for bucket in groups:
+            kind, start = bucket["key"]["kind"], _top(bucket, "first")["start_ns"]
+            firsts[kind] = min(firsts.get(kind, start), start)
+        kinds = {kind: kinds[kind] for kind in sorted(kinds, key=lambda k: (firsts[k], k))}
+        by_name.sort(key=lambda stats: (stats.kind, stats.name))
+        return summarize_metrics(by_name, kinds, runs, first_start, last_end), frozenset(runs)
+
+    def _ranked_durations(
+        self, query: dict[str, Any], groups: list[Any]
+    ) -> dict[tuple[str, str, int], float]:
+        """The exact p50 and p95 of each group of at most `RANKED` spans from the one or
+        two durations at the ranks each percentile lies between (one search each, all in
+        ``_msearch`` requests). A search that fails leaves the estimate."""
+        asks: list[tuple[str, str, int, int, int]] = []
+        lines: list[bytes] = []
+        header = msgspec.json.encode(
+            {"index": self.spans_target, "ignore_unavailable": True, "allow_no_indices": True}
+        )
+        for bucket in groups:
+            kind, name = bucket["key"]["kind"], bucket["key"]["name"]
+            count = int(bucket["duration"]["count"])
+            if count > RANKED:
+                continue
+            group = {
+                "bool": {"filter": [query, {"term": {"kind": kind}}, {"term": {"name": name}}]}
+            }
+            for q in (50, 95):
+                low, high = rank_window(count, q)
+                asks.append((kind, name, q, count, low))
+                body = {
+                    "query": group,
+                    "sort": [{"duration_ms": "asc"}],
+                    "from": low,
+                    "size": high - low + 1,
+                    "_source": False,
+                    "track_total_hits": False,
+                }
+                lines += [header, msgspec.json.encode(body)]
+        found: dict[tuple[str, str, int], float] = {}
+        for first in range(0, len(asks), MSEARCH):
+            chunk = lines[2 * first : 2 * (first + MSEARCH)]
+            answer = self.request_json("POST", "/_msearch", b"\n".join(chunk) + b"\n")
+            responses = answer.get("responses", [])
+            for (kind, name, q, count, low), response in zip(
+                asks[first : first + MSEARCH], responses, strict=False
+            ):
+                hits = (response.get("hits") or {}).get("hits") or []
+                window = [float(hit["sort"][0]) for hit in hits if hit.get("sort")]
+                value = percentile_in_window(window, low, count, q)
+                if value is not None:
+                    found[(kind, name, q)] = value
+        return found
 
     def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         """The ids of the runs whose id starts with ``prefix``, sorted (an aggregation)."""

@@ -36,6 +36,17 @@ def parse_time(value: Any) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
+def time_in_range(text: str | None, since: datetime | None, until: datetime | None) -> bool:
+    """Whether the time stamp ``text`` is at or after ``since`` and at or before ``until``
+    (either may be None); a missing time stamp is in no bounded range."""
+    if since is None and until is None:
+        return True
+    if not text:
+        return False
+    moment = parse_time(text)
+    return (since is None or moment >= since) and (until is None or moment <= until)
+
+
 def sort_by_time(records: list[Metadata]) -> list[Metadata]:
     """Records in time order (stable). ISO strings with one zone offset sort as text;
     mixed offsets are compared as instants."""
