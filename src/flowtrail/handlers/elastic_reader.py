@@ -28,7 +28,9 @@ from flowtrail.handlers.query import (
     RecordCounts,
     check_level,
     level_names,
-    parse_time,
+    select_runs,
+    with_span_facts,
+    with_statuses,
     without_log_events,
 )
 from flowtrail.lifecycle import INTERRUPTED
@@ -40,7 +42,7 @@ from flowtrail.metrics import (
     summarize_metrics,
 )
 from flowtrail.records import ERROR_LEVELS, Metadata, RunSummary, Span, TraceData
-from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, run_status, split_open
+from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, split_open
 from flowtrail.timeparse import parse_time_filter
 
 #: Hits per page of a read.
@@ -658,40 +660,20 @@ class ElasticReader(StoreReader):
             root_status = None
             if roots["doc_count"]:
                 root_status = "error" if roots["failed"]["doc_count"] else "ok"
-            summaries[run] = msgspec.structs.replace(
+            summaries[run] = with_span_facts(
                 summary,
-                workflow_name=summary.workflow_name or _bucket_key(bucket, "workflow"),
-                start=min(x for x in (summary.start, start) if x) if summary.start else start,
-                end=max(x for x in (summary.end, end) if x) if summary.end else end,
+                workflow_name=_bucket_key(bucket, "workflow"),
+                start=start,
+                end=end,
                 spans=finished,
                 span_errors=bucket["errors"]["doc_count"],
-                span_status=root_status if finished else None,
+                span_status=root_status,
             )
             if bucket["errors"]["doc_count"]:
                 failing.append(run)
         error_records, failing_spans, still_open = self._status_facts(failing)
-        for run_id, summary in summaries.items():
-            quiet = run_id not in error_records and run_id not in failing_spans
-            if quiet and run_id not in still_open:
-                summaries[run_id] = msgspec.structs.replace(summary, status="ok")
-                continue
-            status = run_status(
-                error_records.get(run_id, ()),
-                failing_spans.get(run_id, ()),
-                still_open.get(run_id, ()),
-            )
-            summaries[run_id] = msgspec.structs.replace(
-                summary,
-                status=status.status,
-                retried=status.retried,
-                failures=status.failures,
-                interrupted_by=status.interrupted_by,
-            )
-        found = list(summaries.values())
-        if workflow is not None:
-            found = [s for s in found if s.workflow_name == workflow]
-        found.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
-        return found[:limit] if limit is not None else found
+        found = with_statuses(summaries, error_records, failing_spans, still_open)
+        return select_runs(found, workflow, limit)
 
     def _status_facts(
         self, failing_runs: list[str]

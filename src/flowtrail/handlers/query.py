@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +18,7 @@ from flowtrail.records import (
     SpanEvent,
     parse_iso,
 )
-from flowtrail.status import run_status
+from flowtrail.status import RecordFacts, SpanFacts, run_status
 from flowtrail.timeparse import parse_time_filter
 
 _EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
@@ -207,6 +207,70 @@ class _EventName(msgspec.Struct):
 _NO_EVENTS: list[SpanEvent] = []
 _event_names = msgspec.json.Decoder(list[_EventName]).decode
 _events = msgspec.json.Decoder(list[SpanEvent]).decode
+
+
+def with_span_facts(
+    summary: RunSummary,
+    *,
+    workflow_name: str | None,
+    start: str | None,
+    end: str | None,
+    spans: int,
+    span_errors: int,
+    span_status: str | None,
+) -> RunSummary:
+    """``summary`` (from a run's records) with what its finished spans add: the workflow
+    name if the records had none, the earlier start and later end, and the span counts."""
+    return msgspec.structs.replace(
+        summary,
+        workflow_name=summary.workflow_name or workflow_name,
+        start=min(x for x in (summary.start, start) if x) if summary.start else start,
+        end=max(x for x in (summary.end, end) if x) if summary.end else end,
+        spans=spans,
+        span_errors=span_errors,
+        span_status=span_status if spans else None,
+    )
+
+
+def with_statuses(
+    summaries: dict[str, RunSummary],
+    error_records: Mapping[str, Sequence[RecordFacts]],
+    failing_spans: Mapping[str, Sequence[SpanFacts]],
+    still_open: Mapping[str, Sequence[Any]],
+) -> list[RunSummary]:
+    """The summaries with each run's status by the one rule (`flowtrail.status`), from
+    the error records, the spans of the runs with a span in error, and the open spans."""
+    found = []
+    for run_id, summary in summaries.items():
+        quiet = run_id not in error_records and run_id not in failing_spans
+        if quiet and run_id not in still_open:
+            found.append(msgspec.structs.replace(summary, status="ok"))
+            continue
+        status = run_status(
+            error_records.get(run_id, ()),
+            failing_spans.get(run_id, ()),
+            still_open.get(run_id, ()),
+        )
+        found.append(
+            msgspec.structs.replace(
+                summary,
+                status=status.status,
+                retried=status.retried,
+                failures=status.failures,
+                interrupted_by=status.interrupted_by,
+            )
+        )
+    return found
+
+
+def select_runs(
+    summaries: list[RunSummary], workflow: str | None, limit: int | None
+) -> list[RunSummary]:
+    """Newest first, of one workflow if given, at most ``limit``."""
+    if workflow is not None:
+        summaries = [s for s in summaries if s.workflow_name == workflow]
+    summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
+    return summaries[:limit] if limit is not None else summaries
 
 
 def events_without_logs(raw: bytes | str | None) -> list[SpanEvent]:

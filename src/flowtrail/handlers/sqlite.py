@@ -41,7 +41,10 @@ from flowtrail.handlers.query import (
     level_names,
     parse_time,
     partial_loader,
+    select_runs,
     sort_by_time,
+    with_span_facts,
+    with_statuses,
 )
 from flowtrail.handlers.query import (
     merge_counts as _merge_counts,
@@ -59,7 +62,7 @@ from flowtrail.records import (
     SpanEvent,
     TraceData,
 )
-from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, run_status, split_open
+from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, split_open
 from flowtrail.timeparse import parse_time_filter
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
@@ -693,33 +696,17 @@ class SQLiteHandler(BaseHandler, StoreReader):
         root_status = {run: "error" if failed else "ok" for run, failed in failed_roots}
         for row in spans:
             summary = summaries.get(row[0]) or RunSummary(run_id=row[0], parent_run_id=row[1])
-            summaries[row[0]] = msgspec.structs.replace(
+            summaries[row[0]] = with_span_facts(
                 summary,
-                workflow_name=summary.workflow_name or row[2],
-                start=min(x for x in (summary.start, row[3]) if x) if summary.start else row[3],
-                end=max(x for x in (summary.end, row[4]) if x) if summary.end else row[4],
+                workflow_name=row[2],
+                start=row[3],
+                end=row[4],
                 spans=row[5] or 0,
                 span_errors=row[6] or 0,
-                span_status=root_status.get(row[0]) if row[5] else None,
+                span_status=root_status.get(row[0]),
             )
-        for run_id, summary in summaries.items():
-            quiet = run_id not in error_records and run_id not in failing_spans
-            if quiet and run_id not in still_open:
-                summaries[run_id] = msgspec.structs.replace(summary, status="ok")
-                continue
-            status = run_status(
-                error_records.get(run_id, ()),
-                failing_spans.get(run_id, ()),
-                still_open.get(run_id, ()),
-            )
-            summaries[run_id] = msgspec.structs.replace(
-                summary,
-                status=status.status,
-                retried=status.retried,
-                failures=status.failures,
-                interrupted_by=status.interrupted_by,
-            )
-        return _select_runs(list(summaries.values()), workflow, limit)
+        found = with_statuses(summaries, error_records, failing_spans, still_open)
+        return select_runs(found, workflow, limit)
 
     def run_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         """The ids of the runs whose id starts with ``prefix``, sorted: one index seek per
@@ -807,16 +794,6 @@ def _next_id(conn: sqlite3.Connection, table: str, after: str | None, low: str) 
     else:
         row = conn.execute(f"SELECT MIN(run_id) FROM {table} WHERE run_id > ?", (after,))
     return row.fetchone()[0]
-
-
-def _select_runs(
-    summaries: list[RunSummary], workflow: str | None, limit: int | None
-) -> list[RunSummary]:
-    """Newest first, of one workflow if given, at most ``limit``."""
-    if workflow is not None:
-        summaries = [s for s in summaries if s.workflow_name == workflow]
-    summaries.sort(key=lambda s: parse_time(s.start or ""), reverse=True)
-    return summaries[:limit] if limit is not None else summaries
 
 
 _ASTUPLE = msgspec.structs.astuple
