@@ -122,12 +122,12 @@ def test_wal_mode_and_indexes(tmp_path: Path) -> None:
             name: [row[2] for row in conn.execute(f"PRAGMA index_info({name})")] for name in indexes
         }
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    # The readers' lookups on large stores: a run's records in order, child runs.
-    assert ["run_id", "id"] in columns.values(), columns
+    # The readers' lookups on large stores: a run's records in time order, child runs.
+    assert ["run_id", "datetime", "id"] in columns.values(), columns
     assert ["parent_run_id"] in columns.values(), columns
     assert all(name.startswith("my_traces_") for name in indexes if not name.startswith("sqlite_"))
     queries = [
-        ("SELECT * FROM my_traces WHERE run_id = ? ORDER BY id", ("r",)),
+        ("SELECT * FROM my_traces WHERE run_id = ? ORDER BY datetime, id", ("r",)),
         ("SELECT * FROM my_traces WHERE parent_run_id = ?", ("r",)),
         (
             "SELECT run_id, COUNT(*) FROM my_traces WHERE run_id = ? AND error_flag "
@@ -141,6 +141,7 @@ def test_wal_mode_and_indexes(tmp_path: Path) -> None:
                 str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)
             )
             assert "INDEX" in plan.upper(), (sql, plan)
+            assert "TEMP B-TREE" not in plan.upper(), (sql, plan)  # streamed, not sorted
 
 
 def test_schema_is_idempotent_and_table_name_is_used(tmp_path: Path) -> None:
@@ -510,3 +511,35 @@ def test_reader_while_another_process_writes(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert len(handler.search(run_id="writer", limit=None)) == 3000
+
+
+def test_a_store_without_the_time_index_is_read_and_indexed_or_read_only(tmp_path) -> None:
+    """A store written before the time index existed: a reader adds the index; a
+    read-only one is read as it is."""
+    import os
+    import stat
+
+    db = tmp_path / "old.db"
+    handler = SQLiteHandler(path=str(db))
+    handler.export([Metadata(run_id="old", message=f"m{i}") for i in range(3)])
+    handler.close()
+    with connect(db) as conn:
+        conn.execute("DROP INDEX traces_run_time")
+    db.chmod(stat.S_IRUSR)
+    os.chmod(tmp_path, stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(db, os.W_OK):  # root writes anyway: the index is added
+            assert [r.message for r in SQLiteHandler(path=str(db)).iter_records("old")] == [
+                "m0",
+                "m1",
+                "m2",
+            ]
+            with connect(db) as conn:
+                names = {row[1] for row in conn.execute("PRAGMA index_list(traces)")}
+            assert "traces_run_time" in names
+        else:
+            reader = SQLiteHandler(path=str(db))
+            assert [r.message for r in reader.iter_records("old")] == ["m0", "m1", "m2"]
+    finally:
+        os.chmod(tmp_path, stat.S_IRWXU)
+        db.chmod(stat.S_IRUSR | stat.S_IWUSR)

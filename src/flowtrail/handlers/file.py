@@ -23,6 +23,7 @@ import functools
 import heapq
 import os
 import stat
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -433,8 +434,8 @@ class FileHandler(BaseHandler, StoreReader):
                 data.meta.extend(extra.meta)
                 data.spans.extend(extra.spans)
                 data.open_spans.extend(extra.open_spans)
-            if children:
-                sort_by_time(data.meta)
+        # Several processes of a run (and its child runs) interleave by time.
+        sort_by_time(data.meta)
         return self.found(run_id, data, force_raise)
 
     def _run_and_children(self, run_id: str, include_children: bool) -> list[Path]:
@@ -454,10 +455,10 @@ class FileHandler(BaseHandler, StoreReader):
         # part of it and then building the record.
         check_level(level)  # a bad level is refused before anything is read
         streams = [
-            _iter_lines(folder / "metadata.txt", decode_metadata)
+            _iter_in_time_order(folder / "metadata.txt", decode_metadata)
             for folder in self._run_and_children(run_id, include_children)
         ]
-        # Each run in its written order; a parent and its children merged by time.
+        # Each run in time order; a parent and its children merged by time.
         merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_DATETIME)
         yield from at_or_above(merged, level)
 
@@ -705,18 +706,84 @@ def _iter_lines(path: Path, decode: Any, raw: bool = False) -> Iterator[Any]:
         return
     with handle:
         for line in handle:
-            line = line.rstrip(b"\n")
-            if not line:
-                continue
-            try:
-                record = decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                record = _after_torn_fragment(line, decode)
-                if record is None:
-                    continue
-                start = line.find(b'{"', 1)
-                line = line[start:]
-            yield (line, record) if raw else record
+            found = _decode_line(line, decode)
+            if found is not None:
+                yield found if raw else found[1]
+
+
+def _decode_line(line: bytes, decode: Any) -> tuple[bytes, Any] | None:
+    """``(line, record)`` of one line of a JSON-lines file, or None for a blank line or
+    a torn one with nothing after the tear."""
+    line = line.rstrip(b"\n")
+    if not line:
+        return None
+    try:
+        return line, decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        record = _after_torn_fragment(line, decode)
+        if record is None:
+            return None
+        return line[line.find(b'{"', 1) :], record
+
+
+_STAMP = b'"datetime":"'
+_PROCESS = b'"process":'
+_HOST = b'"hostname":'
+
+
+def _field_text(line: bytes, key: bytes, end: bytes = b'"') -> bytes:
+    at = line.find(key)
+    if at < 0:
+        return b""
+    start = at + len(key)
+    return line[start : line.find(end, start)]
+
+
+def _stamp(line: bytes) -> bytes:
+    """The ``datetime`` of a record's JSON line, as text (b"" if it has none)."""
+    return _field_text(line, _STAMP)
+
+
+def _iter_in_time_order(path: Path, decode: Any) -> Iterator[Any]:
+    """The records of one run's metadata.txt in time order, in bounded memory, as the
+    other stores give them. One process writes its records in order, so a file is in
+    order unless several processes (pool workers, a forked child) wrote the run: then
+    each one's records (found by process id and host) are merged by time, read back a
+    line at a time from their offsets (8 bytes a record)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        last = b""
+        for line in handle:
+            stamp = _stamp(line)
+            if stamp and stamp < last:
+                break
+            last = stamp or last
+        else:  # in order: the usual case
+            handle.seek(0)
+            for line in handle:
+                found = _decode_line(line, decode)
+                if found is not None:
+                    yield found[1]
+            return
+        handle.seek(0)
+        writers: dict[bytes, array[int]] = {}
+        offset = 0
+        for line in handle:
+            key = _field_text(line, _PROCESS, b",") + b"@" + _field_text(line, _HOST, b",")
+            writers.setdefault(key, array("q")).append(offset)
+            offset += len(line)
+
+        def lines_at(offsets: array[int]) -> Iterator[Any]:
+            for start in offsets:
+                handle.seek(start)
+                found = _decode_line(handle.readline(), decode)
+                if found is not None:
+                    yield found[1]
+
+        yield from heapq.merge(*(lines_at(o) for o in writers.values()), key=_DATETIME)
 
 
 def _count_records(path: Path) -> RecordCounts:
@@ -724,15 +791,19 @@ def _count_records(path: Path) -> RecordCounts:
     only the first, last and first error record)."""
     total = errors = 0
     first = last = first_error = None
+    first_at = last_at = error_at = b""
+    # In time order (the file is in the order written: several processes interleave).
     for line, flag in _iter_lines(path, _decode_flag, raw=True):
         total += 1
-        if first is None:
-            first = line
-        last = line
+        stamp = _stamp(line)
+        if first is None or stamp < first_at:
+            first, first_at = line, stamp
+        if last is None or stamp >= last_at:
+            last, last_at = line, stamp
         if flag.error_flag:
             errors += 1
-            if first_error is None:
-                first_error = line
+            if first_error is None or stamp < error_at:
+                first_error, error_at = line, stamp
     return RecordCounts(
         records=total,
         error_records=errors,

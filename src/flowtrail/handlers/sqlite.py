@@ -230,7 +230,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         self._ensure_schema(conn)
         return conn
 
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+    def _ensure_schema(self, conn: sqlite3.Connection, writing: bool = True) -> None:
         table = self.table
         columns = ",\n    ".join(
             f"{name} {_COLUMN_TYPES.get(name, 'TEXT')}" for name in METADATA_FIELDS
@@ -240,7 +240,8 @@ class SQLiteHandler(BaseHandler, StoreReader):
             # Each index costs as much per insert as the row itself, so only the lookups
             # the readers make on large stores are indexed: a run's records, child runs
             # and error records (partial indexes cost nothing for other rows).
-            f"CREATE INDEX IF NOT EXISTS {table}_run ON {table} (run_id, id)",
+            # A run's records in time order (records of several processes interleave).
+            f"CREATE INDEX IF NOT EXISTS {table}_run_time ON {table} (run_id, datetime, id)",
             f"CREATE INDEX IF NOT EXISTS {table}_parent ON {table} (parent_run_id) "
             "WHERE parent_run_id IS NOT NULL",
             f"CREATE INDEX IF NOT EXISTS {table}_errors ON {table} (run_id, level) "
@@ -261,6 +262,8 @@ class SQLiteHandler(BaseHandler, StoreReader):
                     conn.execute(statement)
                 return
             except sqlite3.OperationalError as exc:
+                if "readonly" in str(exc) and not writing:
+                    return  # read what is there (an index it lacks makes reads slower)
                 if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 49:
                     raise
                 threading.Event().wait(0.05)
@@ -405,7 +408,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         else:
             conn = sqlite3.connect(str(path), timeout=self.config.busy_timeout_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout = {int(self.config.busy_timeout_ms)}")
-        self._ensure_schema(conn)
+        self._ensure_schema(conn, writing=False)
         return conn
 
     def _flush_own(self) -> None:
@@ -425,7 +428,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         conn = self._reader()
         try:
             rows = conn.execute(
-                f"SELECT {names} FROM {self.table} WHERE {where} ORDER BY id {tail}", params
+                f"SELECT {names} FROM {self.table} WHERE {where} {_TIME_ORDER} {tail}", params
             ).fetchall()
         finally:
             conn.close()
@@ -511,7 +514,7 @@ class SQLiteHandler(BaseHandler, StoreReader):
         if names:
             where += f" AND level IN ({', '.join('?' for _ in names)})"
         columns, load = partial_loader(Metadata, fields, _record)
-        sql = f"SELECT {', '.join(columns)} FROM {self.table} WHERE {where} ORDER BY id"
+        sql = f"SELECT {', '.join(columns)} FROM {self.table} WHERE {where} {_TIME_ORDER}"
         streams = [
             self._iter_select(sql, (run, *(names or ())), load)
             for run in self._run_ids(run_id, include_children)
@@ -571,9 +574,9 @@ class SQLiteHandler(BaseHandler, StoreReader):
                     RecordCounts(
                         records=total,
                         error_records=errors,
-                        first=one("ORDER BY id"),
-                        last=one("ORDER BY id DESC"),
-                        first_error=one("AND error_flag ORDER BY id") if errors else None,
+                        first=one(_TIME_ORDER),
+                        last=one("ORDER BY datetime DESC, id DESC"),
+                        first_error=one(f"AND error_flag {_TIME_ORDER}") if errors else None,
                     ),
                 )
         finally:
@@ -796,6 +799,10 @@ def _next_id(conn: sqlite3.Connection, table: str, after: str | None, low: str) 
     return row.fetchone()[0]
 
 
+#: Records in the order they happened: by time stamp (one store has one ``log_tz``, so
+#: the ISO text sorts as the times do), then as written. Records of several processes of
+#: one run interleave as they happened, as on the other stores.
+_TIME_ORDER = "ORDER BY datetime, id"
 _ASTUPLE = msgspec.structs.astuple
 #: Bound parameters one statement may have (SQLITE_MAX_VARIABLE_NUMBER).
 _MAX_VARIABLES = 32_000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
