@@ -134,3 +134,16 @@ def test_elasticsearch_reads_them_in_the_same_order(search_url: str) -> None:
     assert counts.first is not None and counts.first.message == "parent starts"
     assert counts.last is not None and counts.last.message == "parent ends"
     assert counts.first_error is not None and counts.first_error.message == "w2 step 1"
+
+
+def test_a_file_counted_in_order_then_written_out_of_order_is_read_in_order(tmp_path) -> None:
+    """The file store remembers that a run's file was in order when it counted it; a batch
+    written after that (an earlier time, from another process) is still put in place."""
+    store = FileHandler(path=str(tmp_path / "files"))
+    first, worker2, worker1, last = batches()
+    store.export(first + worker1)
+    assert store.record_counts("pooled").records == 4  # in order, remembered
+    assert [r.message for r in store.iter_records("pooled")][:2] == ["parent starts", "w1 step 0"]
+    store.export(worker2 + last)
+    assert [r.message for r in store.iter_records("pooled")] == EXPECTED
+    assert store.record_counts("pooled").first_error.message == "w2 step 1"

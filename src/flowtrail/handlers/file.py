@@ -625,9 +625,10 @@ def _after_torn_fragment(raw: bytes, decode: Any) -> Any:
 
 
 class _Flag(msgspec.Struct):
-    """The one field a count needs (msgspec skips the others without building them)."""
+    """The fields a count needs (msgspec skips the others without building them)."""
 
     error_flag: bool = False
+    datetime: str = ""
 
 
 _decode_flag = msgspec.json.Decoder(_Flag).decode
@@ -744,19 +745,40 @@ def _stamp(line: bytes) -> bytes:
     return _field_text(line, _STAMP)
 
 
+#: Whether a metadata.txt (by path, size and time written) is in time order, as a
+#: `record_counts` of it found: `show` counts a run, then reads it, without a second
+#: pass to find out.
+_ORDERED: dict[tuple[str, int, int] | None, bool] = {}
+
+
+def _order_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (str(path), info.st_size, info.st_mtime_ns)
+
+
+def _remember_order(key: tuple[str, int, int], ordered: bool) -> None:
+    if len(_ORDERED) > 256:
+        _ORDERED.clear()
+    _ORDERED[key] = ordered
+
+
 def _iter_in_time_order(path: Path, decode: Any) -> Iterator[Any]:
     """The records of one run's metadata.txt in time order, in bounded memory, as the
     other stores give them. One process writes its records in order, so a file is in
     order unless several processes (pool workers, a forked child) wrote the run: then
     each one's records (found by process id and host) are merged by time, read back a
     line at a time from their offsets (8 bytes a record)."""
+    key = _order_key(path)
     try:
         handle = path.open("rb")
     except FileNotFoundError:
         return
     with handle:
         last = b""
-        for line in handle:
+        for line in handle if _ORDERED.get(key) is not True else ():
             stamp = _stamp(line)
             if stamp and stamp < last:
                 break
@@ -772,8 +794,8 @@ def _iter_in_time_order(path: Path, decode: Any) -> Iterator[Any]:
         writers: dict[bytes, array[int]] = {}
         offset = 0
         for line in handle:
-            key = _field_text(line, _PROCESS, b",") + b"@" + _field_text(line, _HOST, b",")
-            writers.setdefault(key, array("q")).append(offset)
+            writer = _field_text(line, _PROCESS, b",") + b"@" + _field_text(line, _HOST, b",")
+            writers.setdefault(writer, array("q")).append(offset)
             offset += len(line)
 
         def lines_at(offsets: array[int]) -> Iterator[Any]:
@@ -791,19 +813,25 @@ def _count_records(path: Path) -> RecordCounts:
     only the first, last and first error record)."""
     total = errors = 0
     first = last = first_error = None
-    first_at = last_at = error_at = b""
+    first_at = last_at = error_at = ""
+    key = _order_key(path)
+    ordered = True
     # In time order (the file is in the order written: several processes interleave).
     for line, flag in _iter_lines(path, _decode_flag, raw=True):
         total += 1
-        stamp = _stamp(line)
+        stamp = flag.datetime
+        if stamp >= last_at or last is None:
+            last, last_at = line, stamp
+        elif stamp:
+            ordered = False
         if first is None or stamp < first_at:
             first, first_at = line, stamp
-        if last is None or stamp >= last_at:
-            last, last_at = line, stamp
         if flag.error_flag:
             errors += 1
             if first_error is None or stamp < error_at:
                 first_error, error_at = line, stamp
+    if key is not None:
+        _remember_order(key, ordered)
     return RecordCounts(
         records=total,
         error_records=errors,
