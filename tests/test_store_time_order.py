@@ -147,3 +147,19 @@ def test_a_file_counted_in_order_then_written_out_of_order_is_read_in_order(tmp_
     store.export(worker2 + last)
     assert [r.message for r in store.iter_records("pooled")] == EXPECTED
     assert store.record_counts("pooled").first_error.message == "w2 step 1"
+
+
+def test_tail_prints_a_late_batch_of_another_process_once(store) -> None:
+    """`flowtrail tail` polls the run in time order: the batch a second process sends
+    late lands among records already printed; each record is printed once."""
+    from flowtrail.formats.tail import RunFollower
+
+    first, worker2, worker1, last = batches()
+    follower = RunFollower("pooled")
+    store.export(first + worker1)
+    printed = follower.new_lines(store.find_trace_with_id("pooled", include_children=False))
+    store.export(worker2 + last)
+    printed += follower.new_lines(store.find_trace_with_id("pooled", include_children=False))
+    messages = [line.split("INFO")[-1].split("ERROR")[-1].strip() for line in printed]
+    assert sorted(messages) == sorted(EXPECTED)
+    assert follower.new_lines(store.find_trace_with_id("pooled", include_children=False)) == []

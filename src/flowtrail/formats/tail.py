@@ -3,6 +3,7 @@ end once, in the order written, and whether the run has ended."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,23 +34,41 @@ def span_end_line(span: Any) -> str:
     return line
 
 
+def _record_key(record: Any) -> tuple[Any, ...]:
+    return (
+        record.datetime,
+        record.process,
+        record.thread,
+        record.hostname,
+        record.level,
+        record.message,
+    )
+
+
 class RunFollower:
-    """Remembers what was printed of one run. Records are appended to a store in the order
-    written (a reader returns them in that order), so a count says which are new; span ends
-    are remembered by id (a reader returns spans by start, not by end)."""
+    """Remembers what was printed of one run. A reader returns a run's records in time
+    order, so a batch another process sends late lands among those already printed:
+    records are remembered by what they are (their time, writer, level and message,
+    counted, so that equal records each print once); span ends by id."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self.records_seen = 0
+        self.records_seen: Counter[tuple[Any, ...]] = Counter()
         self.spans_seen: set[str] = set()
 
     def new_lines(self, data: TraceData) -> list[str]:
         """The lines of what came since the last call, in the order written."""
-        records = [r for r in data.meta if r.run_id == self.run_id]
-        fresh: list[tuple[int, int, str]] = [
-            (iso_ns(r.datetime), 0, record_line(r)) for r in records[self.records_seen :]
-        ]
-        self.records_seen = len(records)
+        seen = self.records_seen
+        now_seen: Counter[tuple[Any, ...]] = Counter()
+        fresh: list[tuple[int, int, str]] = []
+        for record in data.meta:
+            if record.run_id != self.run_id:
+                continue
+            key = _record_key(record)
+            now_seen[key] += 1
+            if now_seen[key] > seen[key]:
+                fresh.append((iso_ns(record.datetime), 0, record_line(record)))
+        self.records_seen = now_seen
         for span in data.spans:
             if span.run_id == self.run_id and span.span_id not in self.spans_seen:
                 self.spans_seen.add(span.span_id)
