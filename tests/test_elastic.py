@@ -89,6 +89,8 @@ def test_store_url_options(monkeypatch: pytest.MonkeyPatch) -> None:
         "index": "logs-{date}",
         "verify_certs": False,
     }
+    # A trailing wildcard, as a reader types it, is the dated indices.
+    assert options_from_url("elasticsearch+http://h1:9200/logs-*")["index"] == "logs-{date}"
 
 
 def test_host_pool_round_robin_and_back_off() -> None:

@@ -642,7 +642,8 @@ def stats(
             document["status"] = next(iter(statuses), None)
         _write(msgspec.json.encode(document).decode() + "\n")
         return
-    scope = f"run {run_id}" if run_id else f"workflow {workflow} ({metrics.runs} runs)"
+    runs_text = f"{metrics.runs} run" + ("" if metrics.runs == 1 else "s")
+    scope = f"run {run_id}" if run_id else f"workflow {workflow} ({runs_text})"
     click.echo(
         f"Statistics of {scope}: {metrics.span_count} spans, {metrics.error_count} errors, "
         f"success rate {metrics.success_rate:.0%}"

@@ -834,6 +834,8 @@ def options_from_url(url: str, environ: Mapping[str, str] | None = None) -> dict
             options["password"] = unquote(password)
     options["hosts"] = [f"{scheme}://{host}" for host in hosts_text.split(",") if host]
     index = unquote(path.strip("/"))
+    if index.endswith("*") and index.count("*") == 1:
+        index = index[:-1] + bulk.DATE  # ``workflow-traces-*``: the dated indices
     if index:
         options["index"] = index
     for key, values in parse_qs(query).items():
