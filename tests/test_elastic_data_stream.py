@@ -14,9 +14,8 @@ import json
 import threading
 from http.server import ThreadingHTTPServer
 
-from test_elastic import _BulkReceiver
-
 from flowtrail import ElasticHandler, get_trace
+from test_elastic import _BulkReceiver
 
 
 class _StreamCluster(_BulkReceiver):
