@@ -16,7 +16,14 @@ For each case, in a fresh interpreter: **caller µs/call** = logging loop time /
 the client helpers the caller builds each document and waits for the bulk requests, so
 it is the whole time); **docs/s** = N / (loop + flush + one ``_refresh``), after which
 ``_count`` must be N (checked). flowtrail's ``FileHandler`` caller cost in the same run
-is the bar the Elasticsearch caller cost must stay under. Medians over the rounds.
+is the bar the Elasticsearch caller cost must stay under. Medians over the rounds; each
+round starts with another case. Also shown: the CPU time per document of the node and of
+the client process (interpreter start included), since on a small machine they share
+the cores.
+
+The node runs with the distribution's JVM options (G1, the full JIT: the tests' serial
+GC and first JIT tier only index several times slower; ``--test-jvm`` for those) and is
+warmed up first with N documents through a client helper and N through flowtrail.
 
 flowtrail runs with ``queue_size=N``: with the default queue (100,000) a caller that
 outruns the cluster spills what does not fit to the spool (no loss, replayed later), and
@@ -330,12 +337,15 @@ def main() -> None:
             for name, _, options in (v.partition("=") for v in args.variant)
         }
         results: dict[str, list[dict]] = {case: [] for case in cases}
-        # The full JIT compiles the node's indexing code during the first documents.
+        # The full JIT compiles the node's indexing (and merging) code during the first
+        # few hundred thousand documents.
         for case in ("opensearch-py", "flowtrail"):
-            _measure(node, case, f"warm-up-{case}", min(args.n, 50_000), {})
+            _measure(node, case, f"warm-up-{case}", args.n, {})
             es_request(f"{node.url}/warm-up-{case}", "DELETE", timeout=120)
         for round_ in range(args.rounds):
-            for case in cases:
+            # Each round starts with another case: none always runs first.
+            shift = round_ % len(cases)
+            for case in cases[shift:] + cases[:shift]:
                 index = f"bench-{round_}-{re.sub('[^a-z0-9]+', '-', case.lower())}"
                 result = _measure(node, case, index, args.n, variants)
                 if result is None:

@@ -352,6 +352,8 @@ class BulkChunk:
     records: list[Any] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     size: int = 0
+    #: The body compressed, once it is.
+    gzipped: bytes | None = None
 
     def body(self) -> bytes:
         return b"".join(self.lines)
