@@ -4,6 +4,7 @@ lost, nothing duplicated), and the seed 002 forms run as written."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -19,6 +20,7 @@ import pytest
 
 from es_server import es_request
 from flowtrail import ElasticHandler, ElasticsearchHandler, Metadata, Trace, get_trace
+from flowtrail.delivery import DeliveryError
 from flowtrail.formats import bulk
 from flowtrail.handlers.elastic import HostPool, options_from_url
 from flowtrail.pipeline import flush_all
@@ -75,6 +77,50 @@ def test_a_backlog_goes_in_requests_of_bulk_docs_whatever_buffer_size() -> None:
     assert ElasticHandler.max_export_batch == 10_000
     larger = ElasticHandler(hosts="http://127.0.0.1:1", buffer_size=2000, bulk_docs=500)
     assert [len(r.records) for r in larger.format_payload(records)] == [2000, 500]
+
+
+def test_ids_are_time_ordered_and_differ_for_records_of_the_same_microsecond() -> None:
+    stamps = ["2026-01-02T03:04:05.000001+00:00", "2026-01-02T04:04:05.000002+01:00"]
+    stamps.append("2026-01-02T03:04:06+00:00")
+    ids = [bulk.record_id(b'{"m":1}', stamp) for stamp in stamps]
+    keys = [base64.urlsafe_b64decode(i) for i in ids]
+    assert keys == sorted(keys) and len(set(ids)) == 3 and {len(i) for i in ids} == {20}
+    assert bulk.record_id(b'{"m":2}', stamps[0]) != ids[0]
+    assert bulk.record_id(b'{"m":1}', stamps[0]) == ids[0]
+    assert bulk.time_micros("not a time") == 0 and bulk.time_micros("") == 0
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_chunks_are_sent_in_order_of_outcome_and_one_lane_stops_at_a_failure(
+    lanes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = ElasticHandler(hosts="http://127.0.0.1:1", concurrent_requests=lanes)
+    records = [Metadata(run_id="r", message=f"m{i}") for i in range(4500)]
+    sent: list[str] = []
+    down = DeliveryError("down", retryable=True)
+
+    def send(chunk: bulk.BulkChunk) -> bulk.BulkOutcome:
+        sent.append(chunk.records[0].message)
+        if chunk.records[0].message == "m1000":
+            raise down
+        return bulk.BulkOutcome(written=len(chunk.records))
+
+    monkeypatch.setattr(handler, "_send_chunk", send)
+    results = handler._send_all(records)
+    assert [chunk.records[0].message for chunk, _ in results] == [
+        "m0",
+        "m1000",
+        "m2000",
+        "m3000",
+        "m4000",
+    ]
+    outcomes = [outcome for _, outcome in results]
+    assert outcomes[1] is down
+    if lanes == 1:
+        assert sent == ["m0", "m1000"] and outcomes[2:] == [down] * 3
+    else:
+        assert sorted(sent) == ["m0", "m1000", "m2000", "m3000", "m4000"]
+        assert all(isinstance(o, bulk.BulkOutcome) for o in outcomes[2:])
 
 
 def test_store_url_options(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,12 +5,13 @@ answer item by item.
 Documents:
 
 - a record (`Metadata`) is its fields as in the seed (null ones left out), plus ``seq``
-  (the order it was sent in, which breaks ties of equal time stamps). Its id is a digest
-  of the record's JSON: deterministic, so a batch sent again (a retry, a replay from the
-  spool) writes the same documents, and unique, since two records differ at least in
-  their microsecond time stamp, thread or message. Two records equal in every field
-  within one batch get the numbers 1, 2, ... after the digest. Records are sent with
-  ``create``: one already there answers 409, which counts as written;
+  (the order it was sent in, which breaks ties of equal time stamps). Its id is its time
+  stamp followed by a digest of its JSON (`record_id`): deterministic, so a batch sent
+  again (a retry, a replay from the spool) writes the same documents, and unique, since
+  two records differ at least in their microsecond time stamp, thread or message. Two
+  records equal in every field within one batch get the numbers 1, 2, ... after the
+  digest. Records are sent with ``create``: one already there answers 409, which counts
+  as written;
 - a span goes to the spans index with the id ``<trace id>-<span id>``: the open span
   written when it started is sent with ``create`` and its end with ``index``, so the end
   replaces the start whatever order they arrive in, and a replayed start never undoes
@@ -34,16 +35,17 @@ inside words, without regard to case, as the SQLite store does), strings inside
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import gzip as gzip_module
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from flowtrail.records import Metadata, Span
+from flowtrail.records import Metadata, Span, parse_iso
 from flowtrail.status import OPEN_SPAN_STATUS
 
 #: Placeholder of an index name for the record's date.
@@ -274,8 +276,6 @@ def date_of(stamp: str) -> str:
     """``YYYY.MM.DD`` of an ISO time stamp (its own calendar date)."""
     if len(stamp) >= 10 and stamp[4] == "-" and stamp[7] == "-":
         return f"{stamp[0:4]}.{stamp[5:7]}.{stamp[8:10]}"
-    import datetime as _dt
-
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y.%m.%d")
 
 
@@ -304,10 +304,35 @@ def without_nulls(encoded: bytes) -> bytes:
     return _NULL_FIELD.sub(b"", encoded[:cut]) + encoded[cut:]
 
 
-def record_id(encoded: bytes) -> str:
-    """The document id of a record from its JSON: 26 characters of a BLAKE2b digest."""
-    digest = hashlib.blake2b(encoded, digest_size=16).digest()
-    return base64.b32encode(digest).decode("ascii")[:26].lower()
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_MICROSECOND = _dt.timedelta(microseconds=1)
+#: Microseconds that fit the id's 7 bytes (until the year 4253).
+_MICROS_LIMIT = 1 << 56
+
+
+def time_micros(stamp: str) -> int:
+    """Microseconds since the epoch of an ISO time stamp (a time without an offset is
+    UTC); 0 for one that cannot be read."""
+    try:
+        moment = _dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        try:
+            moment = parse_iso(stamp)
+        except ValueError:
+            return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return min(max((moment - _EPOCH) // _MICROSECOND, 0), _MICROS_LIMIT - 1)
+
+
+def record_id(encoded: bytes, stamp: str) -> str:
+    """The document id of a record: 20 characters, the URL-safe base64 of 15 bytes, its
+    time stamp in microseconds (7 bytes, big-endian) and 8 bytes of a BLAKE2b digest of
+    its JSON. Deterministic, and time-ordered: Elasticsearch keeps such an id as those 15
+    bytes, and a new id past the others is looked up much faster than a random one (each
+    ``create`` checks that its id is not there yet)."""
+    digest = hashlib.blake2b(encoded, digest_size=8).digest()
+    return base64.urlsafe_b64encode(time_micros(stamp).to_bytes(7, "big") + digest).decode()
 
 
 def span_id_of(span: Span) -> str:
@@ -328,12 +353,19 @@ class BulkChunk:
     records: list[Any] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     size: int = 0
+    #: The body compressed, once it is.
+    gzipped: bytes | None = None
 
     def body(self) -> bytes:
         return b"".join(self.lines)
 
 
-def bulk_chunks(
+def bulk_chunks(batch: Sequence[Any], **options: Any) -> list[BulkChunk]:
+    """The ``_bulk`` bodies of a batch, all at once (see `iter_bulk_chunks`)."""
+    return list(iter_bulk_chunks(batch, **options))
+
+
+def iter_bulk_chunks(
     batch: Sequence[Any],
     *,
     index: str,
@@ -343,18 +375,19 @@ def bulk_chunks(
     max_bytes: int = 5 * 1024 * 1024,
     data_stream: bool = False,
     transform: Callable[[Any, bytes], bytes] | None = None,
-) -> list[BulkChunk]:
+) -> Iterator[BulkChunk]:
     """The ``_bulk`` bodies of a batch (records and spans), each at most ``max_docs``
-    documents and about ``max_bytes`` bytes (a document larger than that goes alone).
-    ``seq_start`` numbers the records in order; ``transform`` may rewrite a record's
-    document (the sanitised copy)."""
-    chunks: list[BulkChunk] = [BulkChunk()]
+    documents and about ``max_bytes`` bytes (a document larger than that goes alone),
+    one at a time (the first can be sent while the next is made). ``seq_start`` numbers
+    the records in order; ``transform`` may rewrite a record's document (the sanitised
+    copy)."""
+    chunk = BulkChunk()
     seen: dict[str, int] = {}
     seq = seq_start
     for item in batch:
         if isinstance(item, Metadata):
             encoded = _encode(item)
-            doc_id = record_id(encoded)
+            doc_id = record_id(encoded, item.datetime)
             count = seen.get(doc_id, 0)
             seen[doc_id] = count + 1
             if count:
@@ -378,15 +411,15 @@ def bulk_chunks(
         else:
             raise TypeError(f"cannot index a {type(item).__name__}")
         size = len(lines[0]) + len(lines[1])
-        chunk = chunks[-1]
         if chunk.records and (len(chunk.records) >= max_docs or chunk.size + size > max_bytes):
+            yield chunk
             chunk = BulkChunk()
-            chunks.append(chunk)
         chunk.lines += lines
         chunk.records.append(item)
         chunk.ids.append(doc_id)
         chunk.size += size
-    return [chunk for chunk in chunks if chunk.records]
+    if chunk.records:
+        yield chunk
 
 
 def compress(body: bytes, level: int = 1) -> bytes:
@@ -532,9 +565,12 @@ __all__ = [
     "date_of",
     "index_for",
     "index_pattern",
+    "iter_bulk_chunks",
     "read_bulk_answer",
+    "record_id",
     "without_nulls",
     "records_target",
     "sanitised_document",
     "templates",
+    "time_micros",
 ]

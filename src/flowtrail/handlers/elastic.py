@@ -40,10 +40,11 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -56,6 +57,8 @@ from flowtrail.handlers.elastic_reader import ElasticReader
 from flowtrail.pipeline import PartialExport
 from flowtrail.records import Metadata
 
+#: What became of a ``_bulk`` request: its items' results, or why it was not written.
+Outcome = bulk.BulkOutcome | DeliveryError
 #: Statuses of a node that is going away or overloaded as a whole: try another node.
 _NODE_DOWN = frozenset({502, 503, 504})
 #: The extra that installs the official clients behind ``handler.client``.
@@ -357,10 +360,12 @@ class ElasticHandler(ElasticReader, BaseHandler):
         *,
         records: Sequence[Any] = (),
         gzip: bool = False,
+        gzipped: bool = False,
     ) -> Response:
         """Send one request to the cluster: to the next host in turn, and at once to the
         next one when a host cannot be reached or answers 502/503/504 (that host is left
-        out for a back-off). Raises `DeliveryError`."""
+        out for a back-off). ``gzip`` compresses the body; ``gzipped``: it already is.
+        Raises `DeliveryError`."""
         if not isinstance(body, bytes):
             body = msgspec.json.encode(body)
         headers = [("Content-Type", "application/json"), ("Accept", "application/json")]
@@ -369,6 +374,8 @@ class ElasticHandler(ElasticReader, BaseHandler):
             headers[0] = ("Content-Type", "application/x-ndjson")
         if gzip and body:
             body = bulk.compress(body)
+            gzipped = True
+        if gzipped:
             headers.append(("Content-Encoding", "gzip"))
         pool = self.host_pool
         last: DeliveryError | None = None
@@ -521,69 +528,93 @@ class ElasticHandler(ElasticReader, BaseHandler):
         ]
 
     def _chunks(self, batch: Sequence[Any], transform: Any = None) -> list[bulk.BulkChunk]:
+        return list(self._iter_chunks(batch, transform))
+
+    def _iter_chunks(self, batch: Sequence[Any], transform: Any = None) -> Iterator[bulk.BulkChunk]:
         config = self.config
         seq = time.time_ns()
-        return bulk.bulk_chunks(
+        return bulk.iter_bulk_chunks(
             batch,
             index=config.index,
             spans_index=self.spans_index,
             seq_start=seq,
-            max_docs=max(config.buffer_size or config.batch_size, config.bulk_docs),
+            max_docs=self._max_docs,
             max_bytes=config.bulk_bytes,
             data_stream=config.data_stream,
             transform=transform,
         )
 
+    @property
+    def _max_docs(self) -> int:
+        config = self.config
+        return max(config.buffer_size or config.batch_size, config.bulk_docs)
+
     def _send_chunk(self, chunk: bulk.BulkChunk) -> bulk.BulkOutcome:
-        answer = self.request(
-            "POST", "/_bulk", chunk.body(), records=chunk.records, gzip=self.config.gzip
-        )
+        if chunk.gzipped is not None:
+            answer = self.request(
+                "POST", "/_bulk", chunk.gzipped, records=chunk.records, gzipped=True
+            )
+        else:
+            answer = self.request(
+                "POST", "/_bulk", chunk.body(), records=chunk.records, gzip=self.config.gzip
+            )
         return bulk.read_bulk_answer(answer.body, chunk.records)
 
-    def _send_all(self, chunks: list[bulk.BulkChunk]) -> list[bulk.BulkOutcome | DeliveryError]:
-        """Each chunk's outcome, or the error that kept it from being written. Up to
-        ``concurrent_requests`` requests are in flight at once (a cluster indexes them on
-        several threads); sent one by one, the chunks after a retryable failure are not
-        sent (they fail with it)."""
-        results: list[bulk.BulkOutcome | DeliveryError | None] = [None] * len(chunks)
-        lanes = min(self.config.concurrent_requests, len(chunks))
-        if lanes <= 1:
-            for index, chunk in enumerate(chunks):
-                try:
-                    results[index] = self._send_chunk(chunk)
-                except DeliveryError as exc:
-                    results[index] = exc
-                    if exc.retryable:
-                        results[index + 1 :] = [exc] * (len(chunks) - index - 1)
-                        break
-            return results  # type: ignore[return-value]
-        todo = iter(range(len(chunks)))
-        lock = threading.Lock()
+    def _send_all(self, batch: Sequence[Any]) -> list[tuple[bulk.BulkChunk, Outcome]]:
+        """The chunks of a batch, each with its outcome or the error that kept it from
+        being written. A batch of several chunks is sent on ``concurrent_requests``
+        threads while the next chunks are made here: the cluster never waits for a body,
+        and indexes that many requests at once. With one request at a time, the chunks
+        after a retryable failure are not sent (they fail with it)."""
+        if len(batch) <= self._max_docs:  # one chunk, mostly: no thread
+            whole = self._chunks(batch)
+            if len(whole) <= 1:
+                return [(chunk, self._try_chunk(chunk)) for chunk in whole]
+            made: Iterable[bulk.BulkChunk] = whole
+        else:
+            made = self._iter_chunks(batch)
+        lanes = self.config.concurrent_requests
+        todo: queue.Queue[int | None] = queue.Queue(maxsize=lanes)  # made ahead: `lanes`
+        outcomes: dict[int, Outcome] = {}
+        chunks: list[bulk.BulkChunk] = []
 
         def lane() -> None:
-            while True:
-                with lock:
-                    index = next(todo, None)
-                if index is None:
-                    return
-                try:
-                    results[index] = self._send_chunk(chunks[index])
-                except DeliveryError as exc:
-                    results[index] = exc
-                except Exception as exc:  # never lose a chunk's records to a lane's error
-                    results[index] = DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
+            failure: DeliveryError | None = None
+            while (index := todo.get()) is not None:
+                if failure is not None:
+                    outcomes[index] = failure
+                    continue
+                outcome = outcomes[index] = self._try_chunk(chunks[index])
+                if lanes == 1 and isinstance(outcome, DeliveryError) and outcome.retryable:
+                    failure = outcome
 
         # Daemon threads for one export only: an exit never waits for them.
-        helpers = [
+        threads = [
             threading.Thread(target=lane, name="flowtrail-elastic-bulk", daemon=True)
-            for _ in range(lanes - 1)
+            for _ in range(lanes)
         ]
-        for helper in helpers:
-            helper.start()
-        lane()
-        for helper in helpers:
-            helper.join()
-        return results  # type: ignore[return-value]
+        for thread in threads:
+            thread.start()
+        try:
+            for chunk in made:
+                if self.config.gzip:  # here, not on the lane: its next request waits less
+                    chunk.gzipped = bulk.compress(chunk.body())
+                chunks.append(chunk)
+                todo.put(len(chunks) - 1)
+        finally:
+            for _ in threads:
+                todo.put(None)
+            for thread in threads:
+                thread.join()
+        return [(chunk, outcomes[index]) for index, chunk in enumerate(chunks)]
+
+    def _try_chunk(self, chunk: bulk.BulkChunk) -> Outcome:
+        try:
+            return self._send_chunk(chunk)
+        except DeliveryError as exc:
+            return exc
+        except Exception as exc:  # never lose a chunk's records to a lane's error
+            return DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
 
     def export(self, batch: Sequence[Any]) -> None:
         """Index the batch (see the module docstring). Raises `PartialExport` with the
@@ -594,8 +625,7 @@ class ElasticHandler(ElasticReader, BaseHandler):
         refused: list[tuple[Any, str]] = []
         retry_reason = ""
         cause: DeliveryError | None = None
-        chunks = self._chunks(batch)
-        for chunk, outcome in zip(chunks, self._send_all(chunks), strict=True):
+        for chunk, outcome in self._send_all(batch):
             if isinstance(outcome, DeliveryError):
                 if outcome.retryable:
                     cause = outcome
