@@ -29,8 +29,9 @@ flowtrail runs with ``queue_size=N``: with the default queue (100,000) a caller 
 outruns the cluster spills what does not fit to the spool (no loss, replayed later), and
 ``flush()`` returns once those are on disk, not in the index.
 
-``--million`` indexes 1,000,000 records (1,000 runs) once with flowtrail and times
-``flowtrail runs`` and ``flowtrail search`` against the store URL, and the equivalent
+``--million`` indexes 1,000,000 records (1,000 runs, each a workflow span and a stage
+span per 100 records: 11,000 spans) once with flowtrail and times ``flowtrail runs``,
+``flowtrail search`` and ``flowtrail stats`` against the store URL, and the equivalent
 hand-written aggregation / query with the ``elasticsearch`` client.
 """
 
@@ -190,11 +191,18 @@ def million(url: str, n: int = 1_000_000, runs: int = 1000) -> dict:
     started = time.perf_counter()
     for r in range(runs):
         trace = Trace(f"run-{r:04d}", handlers=[handler], extras=EXTRAS)
-        for i in range(per_run):
-            if i == per_run - 1 and r % 10 == 0:
-                trace.error(f"failure in run {r}")
-            else:
-                trace.info(f"record {i} needle{i % 1000}")
+        # A workflow span and a stage span per 100 records: 11,000 spans for `stats`.
+        with trace.span("workflow", name="bench-workflow"):
+            for i in range(per_run):
+                if i % 100 == 0:
+                    stage = trace.span("stage", name=f"stage-{i // 100}")
+                    stage.__enter__()
+                if i == per_run - 1 and r % 10 == 0:
+                    trace.error(f"failure in run {r}")
+                else:
+                    trace.info(f"record {i} needle{i % 1000}")
+                if i % 100 == 99 or i == per_run - 1:
+                    stage.__exit__(None, None, None)
         if r % 100 == 99:
             handler.flush(1200)  # keeps the queue under its size: nothing spills
     handler.flush(1200)
@@ -206,6 +214,7 @@ def million(url: str, n: int = 1_000_000, runs: int = 1000) -> dict:
     for name, args in (
         ("flowtrail runs", ["runs", "--store", store, "--limit", "20"]),
         ("flowtrail search", ["search", "needle999", "--store", store, "--limit", "200"]),
+        ("flowtrail stats", ["stats", "--workflow", "bench-workflow", "--store", store]),
     ):
         started = time.perf_counter()
         done = subprocess.run(
@@ -245,6 +254,33 @@ def million(url: str, n: int = 1_000_000, runs: int = 1000) -> dict:
         },
     )
     timings["hand-written search"] = time.perf_counter() - started
+    started = time.perf_counter()
+    client.search(
+        index=f"{index}-spans",
+        body={
+            "size": 0,
+            "query": {"term": {"workflow_name": "bench-workflow"}},
+            "aggs": {
+                "names": {
+                    "terms": {"field": "name", "size": 100},
+                    "aggs": {
+                        "duration": {"stats": {"field": "duration_ms"}},
+                        "pct": {"percentiles": {"field": "duration_ms", "percents": [50, 95]}},
+                        "errors": {"filter": {"term": {"status": "error"}}},
+                        "memory": {"max": {"field": "memory_end_mb"}},
+                    },
+                },
+                "runs": {
+                    "terms": {"field": "run_id", "size": runs},
+                    "aggs": {
+                        "start": {"min": {"field": "start_ns"}},
+                        "end": {"max": {"field": "end_ns"}},
+                    },
+                },
+            },
+        },
+    )
+    timings["hand-written stats aggregation"] = time.perf_counter() - started
     return timings
 
 
