@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 from flowtrail import (
     ConfigError,
+    FileHandler,
     Metadata,
     SQLiteHandler,
     TraceData,
@@ -543,3 +544,29 @@ def test_a_store_without_the_time_index_is_read_and_indexed_or_read_only(tmp_pat
     finally:
         os.chmod(tmp_path, stat.S_IRWXU)
         db.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file"])
+def test_search_command_by_user_and_tags(tmp_path: Path, kind: str) -> None:
+    from click.testing import CliRunner
+
+    from flowtrail.cli import main
+
+    if kind == "sqlite":
+        store = SQLiteHandler(path=str(tmp_path / "s.db"))
+        url = f"sqlite:///{tmp_path / 's.db'}"
+    else:
+        store = FileHandler(path=str(tmp_path / "files"))
+        url = f"file://{tmp_path / 'files'}"
+    store.export([r for run in dataset().values() for r in run])
+
+    def messages(*args: str) -> list[str]:
+        result = CliRunner().invoke(main, ["search", *args, "--store", url])
+        assert result.exit_code == 0, result.output
+        return [line.split("\t")[-1] for line in result.output.splitlines() if "\t" in line]
+
+    assert messages("--user", "ana") == ["Retrying upload", "Upload FAILED"]
+    assert messages("--tag", "team:data") == ["Retrying upload", "Upload FAILED", "render report"]
+    assert messages("--tag", "team:data", "--tag", "retry") == ["Retrying upload"]
+    assert messages("--tag", "team:data", "--user", "bo", "report") == ["render report"]
+    assert messages("--user", "nobody") == []

@@ -54,8 +54,9 @@ def _console() -> Console:
 
 _STORE_HELP = (
     "Store URL or path: sqlite:///file.db, file://dir, a .db file, a directory holding "
-    "flowtrail.db, or a file store's directory (default: $FLOWTRAIL_STORE, else the "
-    "configured store, else <log_dir>/flowtrail.db)."
+    "flowtrail.db, a file store's directory, or elasticsearch+http(s)://[user:password@]"
+    "host:9200/index (default: $FLOWTRAIL_STORE, else the configured store, else "
+    "<log_dir>/flowtrail.db)."
 )
 
 
@@ -749,6 +750,10 @@ def tail(
 @click.option(
     "--level", default=None, help="Minimum level (debug, info, warning, error, exception)."
 )
+@click.option("--user", default=None, help="Only records of this user_id.")
+@click.option(
+    "--tag", "tags", multiple=True, help="Only records with this tag (repeat: with all of them)."
+)
 @_time_options("records written")
 @click.option("--limit", default=200, show_default=True)
 def search(
@@ -757,11 +762,13 @@ def search(
     run_id: str | None,
     workflow: str | None,
     level: str | None,
+    user: str | None,
+    tags: tuple[str, ...],
     since: datetime | None,
     until: datetime | None,
     limit: int,
 ) -> None:
-    """Find records by text and filters."""
+    """Find records by text and filters, oldest first."""
     store = _store(store_url)
     if run_id is not None:
         run_id = _run_id(store, run_id)
@@ -774,6 +781,8 @@ def search(
             since=since,
             until=until,
             limit=limit,
+            user=user,
+            tags=list(tags) or None,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -550,8 +550,12 @@ class StoreReader:
         since: Any = None,
         until: Any = None,
         limit: int | None = 1000,
+        user: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Metadata]:
-        """Records matching every given filter, oldest first."""
+        """Records matching every given filter, oldest first (``text`` in the message or
+        the exception, without case; ``user``: the ``user_id``; ``tags``: records that
+        have every one of them)."""
         raise NotImplementedError
 
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:

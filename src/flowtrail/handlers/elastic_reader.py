@@ -407,8 +407,6 @@ class ElasticReader(StoreReader):
         user: str | None = None,
         tags: Sequence[str] | None = None,
     ) -> list[Metadata]:
-        """Records matching every given filter, oldest first (``user``: the ``user_id``;
-        ``tags``: records that have every one of them)."""
         self._ready()
         clauses: list[Any] = []
         for field, value in (("run_id", run_id), ("workflow_name", workflow), ("user_id", user)):

@@ -505,10 +505,19 @@ class FileHandler(BaseHandler, StoreReader):
         since: Any = None,
         until: Any = None,
         limit: int | None = 1000,
+        user: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Metadata]:
         self._flush_own()
         keep = RecordFilter(
-            text, run_id=run_id, workflow=workflow, level=level, since=since, until=until
+            text,
+            run_id=run_id,
+            workflow=workflow,
+            level=level,
+            since=since,
+            until=until,
+            user=user,
+            tags=tags,
         )
         folders = [self.run_dir(run_id)] if run_id else self._run_folders()
         decode: Any = decode_metadata

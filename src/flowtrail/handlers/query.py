@@ -69,8 +69,8 @@ def check_level(level: str | None) -> int | None:
 
 class RecordFilter:
     """A predicate over records: text (case-insensitive, in the message or the exception),
-    run, workflow, minimum level and a time range (see `flowtrail.timeparse`; a bad
-    time raises `TimeFilterError`)."""
+    run, workflow, minimum level, a time range (see `flowtrail.timeparse`; a bad time
+    raises `TimeFilterError`), the ``user_id`` and tags (a record must have each)."""
 
     def __init__(
         self,
@@ -81,6 +81,8 @@ class RecordFilter:
         level: str | None = None,
         since: Any = None,
         until: Any = None,
+        user: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> None:
         self.text = text.lower() if text else None
         self.run_id = run_id
@@ -88,11 +90,17 @@ class RecordFilter:
         self.min_level = check_level(level)
         self.since = parse_time_filter(since, name="since") if since is not None else None
         self.until = parse_time_filter(until, name="until") if until is not None else None
+        self.user = user
+        self.tags = tuple(tags or ())
 
     def __call__(self, record: Metadata) -> bool:
         if self.run_id is not None and record.run_id != self.run_id:
             return False
         if self.workflow is not None and record.workflow_name != self.workflow:
+            return False
+        if self.user is not None and record.user_id != self.user:
+            return False
+        if self.tags and not all(tag in record.tags for tag in self.tags):
             return False
         if self.min_level is not None and LEVELS.get(record.level, 0) < self.min_level:
             return False

@@ -24,7 +24,8 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
+from datetime import datetime, timedelta, timezone
+from itertools import chain, islice
 from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -36,10 +37,10 @@ from flowtrail.formats.line import compile_line_format
 from flowtrail.handlers.base import BaseHandler, HandlerConfig, PipelineConfig, StoreReader
 from flowtrail.handlers.query import (
     RecordCounts,
+    RecordFilter,
     SpanLoader,
     check_level,
     level_names,
-    parse_time,
     partial_loader,
     select_runs,
     sort_by_time,
@@ -63,7 +64,6 @@ from flowtrail.records import (
     TraceData,
 )
 from flowtrail.status import OPEN_SPAN_STATUS, RecordFacts, SpanFacts, split_open
-from flowtrail.timeparse import parse_time_filter
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # used with fullmatch
 _JSON_COLUMNS = {"tags", "metadata"}
@@ -618,14 +618,27 @@ class SQLiteHandler(BaseHandler, StoreReader):
         since: Any = None,
         until: Any = None,
         limit: int | None = 1000,
+        user: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Metadata]:
+        """Records matching every filter, oldest first: SQL narrows them (a time range
+        by its text, widened by the largest zone offsets), then each is checked exactly
+        as the file store checks it, read a batch at a time up to ``limit``."""
+        keep = RecordFilter(
+            text,
+            run_id=run_id,
+            workflow=workflow,
+            level=level,
+            since=since,
+            until=until,
+            user=user,
+            tags=tags,
+        )
         clauses, params = ["1 = 1"], []
-        if run_id is not None:
-            clauses.append("run_id = ?")
-            params.append(run_id)
-        if workflow is not None:
-            clauses.append("workflow_name = ?")
-            params.append(workflow)
+        for column, value in (("run_id", run_id), ("workflow_name", workflow), ("user_id", user)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         minimum = check_level(level)
         if minimum is not None:
             names = [name for name, value in LEVELS.items() if value >= minimum]
@@ -635,28 +648,22 @@ class SQLiteHandler(BaseHandler, StoreReader):
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             clauses.append("(message LIKE ? ESCAPE '\\' OR exception_message LIKE ? ESCAPE '\\')")
             params.extend([f"%{escaped}%"] * 2)
-        exact = not (text and not text.isascii()) and since is None and until is None
+        # A record's text is its local time: within 12 hours before and 14 after UTC.
+        if keep.since is not None:
+            clauses.append("datetime >= ?")
+            params.append(_naive_text(keep.since - timedelta(hours=12)))
+        if keep.until is not None:
+            clauses.append("datetime <= ?")
+            params.append(_naive_text(keep.until + timedelta(hours=14, seconds=1)))
+        exact = not (text and not text.isascii()) and since is None and until is None and not tags
         tail = "LIMIT ?" if exact and limit is not None else ""
-        found = self._select(" AND ".join(clauses), [*params, *([limit] if tail else [])], tail)
-        if text and not text.isascii():
-            # LIKE folds the case of ASCII letters only: match other text as the file
-            # store does.
-            needle = text.lower()
-            found = [
-                r
-                for r in found
-                if needle in r.message.lower() or needle in (r.exception_message or "").lower()
-            ]
-        if since is not None or until is not None:
-            low = parse_time_filter(since, name="since") if since is not None else None
-            high = parse_time_filter(until, name="until") if until is not None else None
-            found = [
-                r
-                for r in found
-                if (low is None or parse_time(r.datetime) >= low)
-                and (high is None or parse_time(r.datetime) <= high)
-            ]
-        return found[:limit] if limit is not None else found
+        columns = ", ".join(METADATA_FIELDS)
+        where = " AND ".join(clauses)
+        sql = f"SELECT {columns} FROM {self.table} WHERE {where} {_TIME_ORDER} {tail}"
+        found = self._iter_select(sql, [*params, *([limit] if tail else [])], _record)
+        if not exact:
+            found = filter(keep, found)
+        return list(islice(found, limit) if limit is not None else found)
 
     def runs(self, *, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
         errors = ", ".join(f"'{name}'" for name in sorted(ERROR_LEVELS))
@@ -797,6 +804,11 @@ def _next_id(conn: sqlite3.Connection, table: str, after: str | None, low: str) 
     else:
         row = conn.execute(f"SELECT MIN(run_id) FROM {table} WHERE run_id > ?", (after,))
     return row.fetchone()[0]
+
+
+def _naive_text(moment: datetime) -> str:
+    """A moment in UTC as ISO text without a zone, to compare with stored time stamps."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
 
 
 #: Records in the order they happened: by time stamp (one store has one ``log_tz``, so
