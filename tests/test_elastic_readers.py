@@ -211,3 +211,18 @@ def test_a_missing_cluster_or_index_is_a_clear_error(search_url: str) -> None:
     assert "no index 'nothing-here'" in result.output
     result = CliRunner().invoke(main, ["runs", "--store", "elasticsearch+http://127.0.0.1:9/x"])
     assert result.exit_code != 0 and "cannot read" in result.output
+
+
+def test_demo_writes_to_elasticsearch_and_names_the_store_without_its_password(
+    search_url: str,
+) -> None:
+    index = new_index()
+    host = search_url.split("://", 1)[1]
+    url = f"elasticsearch+http://demo-user:demo-secret@{host}/{index}"
+    result = CliRunner().invoke(main, ["demo", "--quiet", "--store", url])
+    assert result.exit_code == 0, result.output
+    assert "demo-secret" not in result.output
+    shown = f"--store elasticsearch+http://demo-user@{host}/{index}"
+    assert f"flowtrail show --failed {shown}" in result.output
+    failed = _cli(["show", "--failed", "--store", f"elasticsearch+{search_url}/{index}"])
+    assert "PermissionError" in failed and "Status: error" in failed

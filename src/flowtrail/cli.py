@@ -205,9 +205,7 @@ def demo(store_url: str | None, quiet: bool) -> None:
     if written is None:
         click.echo(f"\nDemo runs {run_id} (ok) and {failed_id} (error) went to the console only.")
         return
-    path = os.path.abspath(written.config.path)
-    shown = os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
-    where = f" --store {shown}"
+    where = f" --store {_store_argument(written, store_url)}"
     hints = [
         (f"flowtrail runs{where}", "list runs and their status"),
         (f"flowtrail show {run_id}{where}", "the ok run: jobs and stages, a retried stage"),
@@ -223,6 +221,26 @@ def demo(store_url: str | None, quiet: bool) -> None:
     click.echo(f"Their records are in {describe_store(written)}. Look at them:")
     for command, what in hints:
         click.echo(f"  {command:<{width}}   # {what}")
+
+
+def _store_argument(store: Any, url: str | None) -> str:
+    """What to pass as ``--store`` to read ``store`` (written from ``url``): a local path,
+    relative when under the working directory; a URL without its password (the reading
+    commands take it from the environment, as the URL's help says)."""
+    import os
+    import shlex
+    from urllib.parse import urlsplit, urlunsplit
+
+    path = getattr(store.config, "path", None)
+    if path is not None:
+        path = os.path.abspath(path)
+        return shlex.quote(os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path)
+    text = url or ""
+    parts = urlsplit(text)
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        text = urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+    return shlex.quote(text)
 
 
 @main.command()
