@@ -204,11 +204,18 @@ def test_report_from_elasticsearch(stores, tmp_path: Path) -> None:
 
 
 def test_a_missing_cluster_or_index_is_a_clear_error(search_url: str) -> None:
+    index = new_index()
+    written = ElasticHandler(hosts=[search_url], index=index)
+    get_trace("named-run", handlers=[written]).info("here")
+    written.flush(30)
     result = CliRunner().invoke(
         main, ["runs", "--store", f"elasticsearch+{search_url}/nothing-here"]
     )
     assert result.exit_code != 0
     assert "no index 'nothing-here'" in result.output
+    # The flowtrail indices that are there are named.
+    listed = result.output.split("flowtrail indices there: ")[1]
+    assert index in listed and f"{index}-spans" not in listed
     result = CliRunner().invoke(main, ["runs", "--store", "elasticsearch+http://127.0.0.1:9/x"])
     assert result.exit_code != 0 and "cannot read" in result.output
 

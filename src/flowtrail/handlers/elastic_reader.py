@@ -284,8 +284,26 @@ class ElasticReader(StoreReader):
         except DeliveryError as exc:
             return f"cannot read {where}: {exc}"
         if not found:
-            return f"no store at {where}: no index {self.config.index!r} there"
+            return f"no store at {where}: no index {self.config.index!r} there" + self._others()
         return None
+
+    def _others(self) -> str:
+        """The flowtrail record indices the cluster has (those that map ``seq`` and
+        ``run_id``), to name in the error of an index that is not there."""
+        found = []
+        try:
+            mappings = self.request_json("GET", "/_mapping/field/seq,run_id")
+            for name, entry in mappings.items():
+                fields = entry.get("mappings") or {}
+                if "seq" in fields and "run_id" in fields and not name.startswith("."):
+                    found.append(name)
+        except (DeliveryError, AttributeError, TypeError, ValueError):
+            return ""
+        found.sort()
+        if not found:
+            return ""
+        shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+        return f" (flowtrail indices there: {shown})"
 
     def describe(self) -> str:
         raise NotImplementedError
