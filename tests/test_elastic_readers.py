@@ -204,7 +204,7 @@ def test_report_from_elasticsearch(stores, tmp_path: Path) -> None:
 
 
 def test_a_missing_cluster_or_index_is_a_clear_error(search_url: str) -> None:
-    index = new_index()
+    index = f"0-{new_index()}"  # first of the names listed (at most 10 are)
     written = ElasticHandler(hosts=[search_url], index=index)
     get_trace("named-run", handlers=[written]).info("here")
     written.flush(30)
