@@ -147,12 +147,6 @@ def _time_options(what: str) -> Any:
     return decorate
 
 
-def _in_range(text: str | None, since: datetime | None, until: datetime | None) -> bool:
-    from flowtrail.handlers.query import time_in_range
-
-    return time_in_range(text, since, until)
-
-
 def _short_time(text: str | None) -> str:
     if not text:
         return "-"
@@ -269,7 +263,9 @@ def runs(
     filtered = bool(status or since or until)
     summaries = _store(store_url).runs(workflow=workflow, limit=None if filtered else limit)
     if since or until:
-        summaries = [s for s in summaries if _in_range(s.start, since, until)]
+        from flowtrail.handlers.query import time_in_range
+
+        summaries = [s for s in summaries if time_in_range(s.start, since, until)]
     if status == "retried":
         summaries = [s for s in summaries if s.status == "ok" and s.retried]
     elif status:

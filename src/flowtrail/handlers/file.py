@@ -757,7 +757,7 @@ def _stamp(line: bytes) -> bytes:
 #: Whether a metadata.txt (by path, size and time written) is in time order, as a
 #: `record_counts` of it found: `show` counts a run, then reads it, without a second
 #: pass to find out.
-_ORDERED: dict[tuple[str, int, int] | None, bool] = {}
+_ORDERED: dict[tuple[str, int, int], bool] = {}
 
 
 def _order_key(path: Path) -> tuple[str, int, int] | None:
@@ -774,32 +774,32 @@ def _remember_order(key: tuple[str, int, int], ordered: bool) -> None:
     _ORDERED[key] = ordered
 
 
+def _in_time_order(path: Path) -> bool:
+    """Whether the records of a metadata.txt are in time order (remembered from a count
+    of the same file, else read for their time stamps alone)."""
+    key = _order_key(path)
+    if key is None or _ORDERED.get(key):
+        return True
+    last = b""
+    with path.open("rb") as handle:
+        for line in handle:
+            stamp = _stamp(line)
+            if stamp and stamp < last:
+                return False
+            last = stamp or last
+    return True
+
+
 def _iter_in_time_order(path: Path, decode: Any) -> Iterator[Any]:
     """The records of one run's metadata.txt in time order, in bounded memory, as the
     other stores give them. One process writes its records in order, so a file is in
     order unless several processes (pool workers, a forked child) wrote the run: then
     each one's records (found by process id and host) are merged by time, read back a
     line at a time from their offsets (8 bytes a record)."""
-    key = _order_key(path)
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
+    if _in_time_order(path):  # the usual case
+        yield from _iter_lines(path, decode)
         return
-    with handle:
-        last = b""
-        for line in handle if _ORDERED.get(key) is not True else ():
-            stamp = _stamp(line)
-            if stamp and stamp < last:
-                break
-            last = stamp or last
-        else:  # in order: the usual case
-            handle.seek(0)
-            for line in handle:
-                found = _decode_line(line, decode)
-                if found is not None:
-                    yield found[1]
-            return
-        handle.seek(0)
+    with path.open("rb") as handle:
         writers: dict[bytes, array[int]] = {}
         offset = 0
         for line in handle:
