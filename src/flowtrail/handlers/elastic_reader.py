@@ -522,22 +522,21 @@ class ElasticReader(StoreReader):
         groups = list(self._composite(target, query, _NAME_AGGS, sources=("kind", "name")))
         if not groups:
             return None
-        runs: dict[str, float] = {}
-        first_start: int | None = None
-        last_end: int | None = None
-        for bucket in self._composite(target, query, _RUN_AGGS):
-            start, end = _top(bucket, "start")["start_ns"], _top(bucket, "end")["end_ns"]
-            runs[bucket["key"]["run"]] = (end - start) / 1e6
-            first_start = start if first_start is None else min(first_start, start)
-            last_end = end if last_end is None else max(last_end, end)
+        runs: dict[str, tuple[int, int]] = {
+            bucket["key"]["run"]: (_top(bucket, "start")["start_ns"], _top(bucket, "end")["end_ns"])
+            for bucket in self._composite(target, query, _RUN_AGGS)
+        }
         ranked = self._ranked_durations(query, groups)
         by_name: list[SpanStats] = []
         kinds: dict[str, int] = {}
+        firsts: dict[str, int] = {}
         for bucket in groups:
             kind, name = bucket["key"]["kind"], bucket["key"]["name"]
             stats = bucket["duration"]
             count, errors = int(stats["count"]), int(bucket["errors"]["doc_count"])
             kinds[kind] = kinds.get(kind, 0) + count
+            start = _top(bucket, "first")["start_ns"]
+            firsts[kind] = min(firsts.get(kind, start), start)
             estimate = bucket["tdigest"]["values"]
             p50, p95 = (ranked.get((kind, name, q), _estimate(estimate, q)) for q in (50, 95))
             peaks = [bucket[m]["value"] for m in ("mem_start", "mem_end")]
@@ -559,13 +558,16 @@ class ElasticReader(StoreReader):
                 )
             )
         # The kinds in the order their first span started, as `aggregate` counts them.
-        firsts: dict[str, int] = {}
-        for bucket in groups:
-            kind, start = bucket["key"]["kind"], _top(bucket, "first")["start_ns"]
-            firsts[kind] = min(firsts.get(kind, start), start)
         kinds = {kind: kinds[kind] for kind in sorted(kinds, key=lambda k: (firsts[k], k))}
         by_name.sort(key=lambda stats: (stats.kind, stats.name))
-        return summarize_metrics(by_name, kinds, runs, first_start, last_end), frozenset(runs)
+        metrics = summarize_metrics(
+            by_name,
+            kinds,
+            {run: (end - start) / 1e6 for run, (start, end) in runs.items()},
+            min(start for start, _ in runs.values()),
+            max(end for _, end in runs.values()),
+        )
+        return metrics, frozenset(runs)
 
     def _ranked_durations(
         self, query: dict[str, Any], groups: list[Any]
